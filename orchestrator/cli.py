@@ -1,0 +1,175 @@
+"""Command-line interface: ``qdcavity --help`` lists every command.
+
+Errors a user can cause print one line naming the problem and exit non-zero (2 for usage and
+configuration errors); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import ConfigError, QdcavityError
+
+console = Console()
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``IZO_top.thickness_nm=100`` -> (``"IZO_top.thickness_nm"``, 100) (TOML value syntax)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"expected FIELD=VALUE, got '{text}'", field="--set")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def cmd_geometries(args: argparse.Namespace) -> int:
+    from .stack import builtin_stacks, load_stack
+
+    table = Table(title="built-in stacks (bottom to top)")
+    for col in ("name", "layers", "gain", "file"):
+        table.add_column(col)
+    for name, path in builtin_stacks().items():
+        stack = load_stack(path)
+        layers = " | ".join([str(stack.substrate.material),
+                             *(f"{la.name} {la.thickness_nm:g}" for la in stack.layers),
+                             str(stack.superstrate.material)])
+        table.add_row(name, layers, stack.gain_layer or "", path.name)
+    console.print(table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .stack import load_stack
+
+    stack = load_stack(args.stack, dict(args.set or []) or None)
+    nk = stack.indices(args.wavelength)[0]
+    mats = stack.materials()
+    table = Table(title=f"{stack.name} at {args.wavelength:g} nm  (hash {stack.content_hash[:12]})")
+    for col in ("medium", "material", "thickness (nm)", "n", "k", "role", "source"):
+        table.add_column(col)
+    roles = [(stack.gain_layer, "gain"), (stack.emitter_layer, "emitter")]
+    thick = ["inf", *(f"{d:g}" for d in stack.thicknesses_nm), "inf"]
+    for name, mat, t, n in zip(stack.media_names, mats, thick, nk, strict=True):
+        role = ", ".join(r for layer, r in roles if layer == name)
+        source = (mat.note or mat.reference).split(";")[0]
+        table.add_row(name, mat.name, t, f"{n.real:.4f}", f"{n.imag:.4g}", role, source[:48])
+    console.print(table)
+    console.print(f"total thickness {np.sum(stack.thicknesses_nm):g} nm")
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from .registry import default_registry
+
+    reg = default_registry()
+    table = Table(title="backends")
+    for col in ("name", "version", "analyses", "status", "plugin"):
+        table.add_column(col)
+    for name, backend in sorted(reg.backends.items()):
+        status = backend.availability()
+        text = "available" if status.available else f"unavailable: {status.reason}"
+        if not status.available and status.install_hint:
+            text += f" (install: {status.install_hint})"
+        table.add_row(name, backend.version, ", ".join(sorted(backend.analyses)), text,
+                      reg.origins[name])
+    for failure in reg.failures:
+        table.add_row(failure.plugin, "-", "-", f"failed to load: {failure.reason}",
+                      failure.target)
+    for skipped in reg.skipped:
+        table.add_row(skipped, "-", "-", "not loaded (not in QDCAVITY_PLUGINS)", "")
+    console.print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .results import write_netcdf
+    from .runner import run_study
+    from .study import load_study
+
+    study = load_study(args.study)
+    if args.set:
+        study = study.model_copy(update={"overrides": {**study.overrides, **dict(args.set)}})
+    ds = run_study(study, backend=args.backend)
+    out = Path(args.output) if args.output else study.output_path() or Path(f"{study.name}.nc")
+    write_netcdf(ds, out)
+    failed = int(ds.attrs.get("n_failed", 0))
+    console.print(f"wrote {out}" + (f"  ({failed} task(s) failed; see 'error')" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from .paper import run_paper
+
+    return run_paper(Path(args.output_dir), console=console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qdcavity",
+        description="Optical cavity design for quantum-dot LEDs on pluggable solvers.",
+    )
+    parser.add_argument("--version", action="version", version=f"qdcavity {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("geometries", help="list the built-in stacks")
+    p.set_defaults(func=cmd_geometries)
+
+    p = sub.add_parser("show", help="show a stack's layers and materials at a wavelength")
+    p.add_argument("stack", help="built-in stack name (e.g. TE-DIZO) or a stack .toml file")
+    p.add_argument("-w", "--wavelength", type=float, default=630.0, help="nm (default 630)")
+    p.add_argument("--set", type=parse_assignment, action="append", metavar="FIELD=VALUE",
+                   help="override a stack field, e.g. IZO_top.thickness_nm=100 (repeatable)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("backends", help="list backends, their analyses and availability")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("run", help="run a study file and write its netCDF result")
+    p.add_argument("study", help="study .toml file")
+    p.add_argument("--backend", help="use this backend instead of the study's")
+    p.add_argument("-o", "--output", help="output .nc file (default: the study's output.path)")
+    p.add_argument("--set", type=parse_assignment, action="append", metavar="FIELD=VALUE",
+                   help="override a stack field for the whole study (repeatable)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("paper", help="the paper's Fig. 2g quantities for the four stacks (TMM)")
+    p.add_argument("-o", "--output-dir", default="qdcavity-paper",
+                   help="folder for paper.nc and the PNG figures (default ./qdcavity-paper)")
+    p.set_defaults(func=cmd_paper)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except QdcavityError as exc:
+        if debug:
+            raise
+        print(f"qdcavity: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("qdcavity: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

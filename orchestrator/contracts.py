@@ -1,0 +1,151 @@
+"""Result contracts: the dataset every backend returns for each analysis.
+
+A contract lists, per variable, its dimensions, its dtype kind (``c`` complex, ``f`` float,
+``i`` integer, ``U`` string) and its unit. :func:`check_dataset` rejects a dataset that
+violates it with a message naming the backend and the violation, so results of two backends
+can always be aligned and subtracted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from .errors import ContractError
+
+CONVENTIONS = (
+    "time dependence exp(-i omega t); N = n + ik, k > 0 absorbing; z normal to the stack, "
+    "z = 0 at the substrate top; modes ~ exp(i beta x), neff = beta/k0, Im(neff) >= 0 decaying; "
+    "alpha = 4 pi Im(neff)/lambda; gamma_E = field-energy ratio, gamma_P = power-flow ratio "
+    "(vacuum impedance 1); u = kx/(k0 n_emitter); see docs/conventions.md"
+)
+
+
+@dataclass(frozen=True)
+class Var:
+    dims: tuple[str, ...]
+    kind: str
+    units: str
+
+
+@dataclass(frozen=True)
+class Contract:
+    coords: dict[str, Var]
+    variables: dict[str, Var]
+
+
+_MODE = ("wavelength_nm", "polarization", "mode")
+_FIELD = (*_MODE, "z_nm")
+
+CONTRACTS: dict[str, Contract] = {
+    "modes": Contract(
+        coords={
+            "wavelength_nm": Var(("wavelength_nm",), "f", "nm"),
+            "polarization": Var(("polarization",), "U", ""),
+            "mode": Var(("mode",), "i", ""),
+            "layer": Var(("layer",), "U", ""),
+            "z_nm": Var(("z_nm",), "f", "nm"),
+        },
+        variables={
+            "neff": Var(_MODE, "c", "1"),
+            "alpha_cm": Var(_MODE, "f", "cm^-1"),
+            "gamma_E": Var((*_MODE, "layer"), "f", "1"),
+            "gamma_P": Var((*_MODE, "layer"), "f", "1"),
+            "modal_gain_cm": Var(_MODE, "f", "cm^-1"),
+            "net_gain_cm": Var(_MODE, "f", "cm^-1"),
+            "label": Var(_MODE, "U", ""),
+            "kind": Var(_MODE, "U", ""),
+            "branch": Var(_MODE, "U", ""),
+            "n_modes": Var(("wavelength_nm", "polarization"), "i", "1"),
+            "field_Ey": Var(_FIELD, "c", "max|E| = 1"),
+            "field_Hy": Var(_FIELD, "c", "max|E| = 1, vacuum impedance 1"),
+            "field_Ex": Var(_FIELD, "c", "max|E| = 1"),
+            "field_Ez": Var(_FIELD, "c", "max|E| = 1"),
+        },
+    ),
+    "reflectance": Contract(
+        coords={
+            "wavelength_nm": Var(("wavelength_nm",), "f", "nm"),
+            "angle_deg": Var(("angle_deg",), "f", "deg"),
+            "polarization": Var(("polarization",), "U", ""),
+        },
+        variables={
+            name: Var(("wavelength_nm", "angle_deg", "polarization"), "f", "1")
+            for name in ("R", "T", "A")
+        },
+    ),
+    "dipole_emission": Contract(
+        coords={
+            "wavelength_nm": Var(("wavelength_nm",), "f", "nm"),
+            "orientation": Var(("orientation",), "U", ""),
+            "channel": Var(("channel",), "U", ""),
+            "u": Var(("u",), "f", "1"),
+        },
+        variables={
+            "K": Var(("orientation", "wavelength_nm", "u"), "f", "1"),
+            "fraction": Var(("orientation", "wavelength_nm", "channel"), "f", "1"),
+            "purcell": Var(("orientation", "wavelength_nm"), "f", "1"),
+        },
+    ),
+}
+
+ORIENTATIONS = ("horizontal", "vertical", "isotropic")
+CHANNELS = ("air", "substrate", "waveguide", "spp", "absorbed")
+
+
+def _check_var(ds: xr.Dataset, name: str, spec: Var, where: str) -> None:
+    if name not in ds.variables:
+        raise ContractError(f"{where}: missing '{name}'")
+    var = ds[name]
+    if tuple(var.dims) != spec.dims:
+        raise ContractError(f"{where}: '{name}' has dims {tuple(var.dims)}, expected {spec.dims}")
+    kind = var.dtype.kind
+    ok = {"c": kind == "c", "f": kind == "f", "i": kind in "iu", "U": kind in "UO"}[spec.kind]
+    if not ok:
+        raise ContractError(f"{where}: '{name}' has dtype {var.dtype}, expected kind {spec.kind}")
+    if spec.units and var.attrs.get("units") != spec.units:
+        raise ContractError(
+            f"{where}: '{name}' has units {var.attrs.get('units')!r}, expected {spec.units!r}"
+        )
+
+
+def check_dataset(ds: xr.Dataset, analysis_kind: str, backend: str) -> xr.Dataset:
+    """Raise :class:`ContractError` naming ``backend`` if ``ds`` violates the contract."""
+    if analysis_kind not in CONTRACTS:
+        return ds
+    contract = CONTRACTS[analysis_kind]
+    where = f"backend '{backend}', analysis '{analysis_kind}'"
+    if not isinstance(ds, xr.Dataset):
+        raise ContractError(f"{where}: returned {type(ds).__name__}, not an xarray.Dataset")
+    for name, spec in {**contract.coords, **contract.variables}.items():
+        _check_var(ds, name, spec, where)
+    if analysis_kind == "dipole_emission":
+        if list(ds.orientation.values) != list(ORIENTATIONS):
+            raise ContractError(f"{where}: orientation must be {ORIENTATIONS}")
+        if list(ds.channel.values) != list(CHANNELS):
+            raise ContractError(f"{where}: channel must be {CHANNELS}")
+    for name in contract.variables:
+        if ds[name].dtype.kind in "fc" and name not in _NAN_ALLOWED.get(analysis_kind, ()):
+            if not np.all(np.isfinite(ds[name].values)):
+                raise ContractError(f"{where}: '{name}' contains NaN or inf")
+    return ds
+
+
+# Variables padded with NaN where a slot does not exist (fewer modes than ``mode`` entries,
+# TE-only fields of TM modes and vice versa); ``n_modes`` says how many are real.
+_NAN_ALLOWED = {
+    "modes": ("neff", "alpha_cm", "gamma_E", "gamma_P", "modal_gain_cm", "net_gain_cm",
+              "field_Ey", "field_Hy", "field_Ex", "field_Ez"),
+}
+
+
+def with_units(ds: xr.Dataset, analysis_kind: str) -> xr.Dataset:
+    """Set the contract's ``units`` attribute on every coordinate and variable present."""
+    contract = CONTRACTS[analysis_kind]
+    for name, spec in {**contract.coords, **contract.variables}.items():
+        if name in ds.variables and spec.units:
+            ds[name].attrs["units"] = spec.units
+    ds.attrs.setdefault("conventions", CONVENTIONS)
+    return ds

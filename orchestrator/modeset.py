@@ -1,0 +1,116 @@
+"""Build the ``modes`` contract dataset from per-mode records (shared by every backend).
+
+A backend solves each (wavelength, polarization) and hands a list of :class:`ModeRecord`,
+sorted by Re(neff) descending, to :func:`modes_dataset`, which pads to ``max_modes`` slots
+(``n_modes`` says how many are real), computes alpha, modal and net gain, and sets units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from .contracts import with_units
+from .errors import ConfigError
+
+FIELD_NAMES = ("Ey", "Hy", "Ex", "Ez")
+
+
+@dataclass
+class ModeRecord:
+    """One solved mode. ``gamma_*`` are per medium, ordered like ``Stack.media_names``."""
+
+    neff: complex
+    label: str
+    kind: str
+    branch: str
+    gamma_E: np.ndarray
+    gamma_P: np.ndarray
+    fields: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+def alpha_cm(neff: complex | np.ndarray, wavelength_nm: float | np.ndarray) -> np.ndarray:
+    """Intensity loss coefficient alpha = 4 pi Im(neff) / lambda in cm^-1."""
+    return 4 * np.pi * np.imag(neff) / (np.asarray(wavelength_nm) * 1e-7)
+
+
+def modes_dataset(
+    records: Mapping[tuple[float, str], Sequence[ModeRecord]],
+    wavelengths_nm: Sequence[float],
+    polarizations: Sequence[str],
+    media_names: Sequence[str],
+    z_nm: np.ndarray,
+    gain_layer: str | None,
+    material_gain_cm: float | Sequence[float],
+    max_modes: int,
+) -> xr.Dataset:
+    """Assemble the contract dataset; modal gain = gamma_P * G_mat of the gain layer."""
+    nw, npol, nl, nz = len(wavelengths_nm), len(polarizations), len(media_names), len(z_nm)
+    gmat = np.broadcast_to(np.asarray(material_gain_cm, dtype=float), (nw,))
+    neff = np.full((nw, npol, max_modes), np.nan + 0j)
+    gam_e = np.full((nw, npol, max_modes, nl), np.nan)
+    gam_p = np.full_like(gam_e, np.nan)
+    labels = np.full((nw, npol, max_modes), "", dtype=object)
+    kinds = labels.copy()
+    branches = labels.copy()
+    n_modes = np.zeros((nw, npol), dtype=np.int64)
+    fields = {name: np.full((nw, npol, max_modes, nz), np.nan + 0j) for name in FIELD_NAMES}
+    for i, lam in enumerate(wavelengths_nm):
+        for j, pol in enumerate(polarizations):
+            found = list(records.get((lam, pol), ()))[:max_modes]
+            n_modes[i, j] = len(found)
+            for m, rec in enumerate(found):
+                neff[i, j, m] = rec.neff
+                gam_e[i, j, m] = rec.gamma_E
+                gam_p[i, j, m] = rec.gamma_P
+                labels[i, j, m], kinds[i, j, m], branches[i, j, m] = rec.label, rec.kind, \
+                    rec.branch
+                for name, values in rec.fields.items():
+                    fields[name][i, j, m] = values
+    alpha = alpha_cm(neff, np.asarray(wavelengths_nm)[:, None, None])
+    if gain_layer is not None:
+        if gain_layer not in media_names:
+            raise ConfigError(f"gain layer '{gain_layer}' is not in the stack", field="gain_layer")
+        gamma_gain = gam_p[..., list(media_names).index(gain_layer)]
+        modal = gamma_gain * gmat[:, None, None]
+    else:
+        modal = np.zeros_like(alpha)
+    dims = ("wavelength_nm", "polarization", "mode")
+    ds = xr.Dataset(
+        {
+            "neff": (dims, neff),
+            "alpha_cm": (dims, alpha),
+            "gamma_E": ((*dims, "layer"), gam_e),
+            "gamma_P": ((*dims, "layer"), gam_p),
+            "modal_gain_cm": (dims, modal),
+            "net_gain_cm": (dims, modal - alpha),
+            "label": (dims, labels.astype(str)),
+            "kind": (dims, kinds.astype(str)),
+            "branch": (dims, branches.astype(str)),
+            "n_modes": (("wavelength_nm", "polarization"), n_modes),
+            "material_gain_cm": (("wavelength_nm",), gmat.copy()),
+            **{f"field_{k}": ((*dims, "z_nm"), v) for k, v in fields.items()},
+        },
+        coords={
+            "wavelength_nm": np.asarray(wavelengths_nm, dtype=float),
+            "polarization": list(polarizations),
+            "mode": np.arange(max_modes),
+            "layer": list(media_names),
+            "z_nm": np.asarray(z_nm, dtype=float),
+        },
+    )
+    ds["material_gain_cm"].attrs["units"] = "cm^-1"
+    ds.attrs["gain_layer"] = gain_layer or ""
+    ds.attrs["modal_gain_definition"] = "modal_gain_cm = gamma_P[gain_layer] * material_gain_cm"
+    return with_units(ds, "modes")
+
+
+def field_grid(interfaces_nm: np.ndarray, padding_nm: float, points: int) -> np.ndarray:
+    """A z grid covering the stack plus ``padding_nm`` into each cladding, every interface on
+    a node."""
+    lo, hi = interfaces_nm[0] - padding_nm, interfaces_nm[-1] + padding_nm
+    grid = np.linspace(lo, hi, max(points - len(interfaces_nm), 2))
+    return np.unique(np.concatenate([grid, interfaces_nm]))

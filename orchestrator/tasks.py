@@ -1,0 +1,80 @@
+"""Tasks: one stack, one analysis, one backend. Their content key and their execution.
+
+A task's key is the SHA-256 of its canonical inputs (stack, analysis, backend options) plus the
+backend's name and version, so a cache entry is reused only for the very same question asked of
+the very same solver version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import xarray as xr
+
+from .analyses import Analysis
+from .errors import QdcavityError
+from .stack import Stack
+
+# Options that steer where or how a backend runs but never change its answer.
+NON_RESULT_OPTIONS = frozenset({"work_dir", "dry_run", "timeout_s", "interpreter", "launcher"})
+
+
+@dataclass(frozen=True)
+class Task:
+    """One point of a study: the question, the solver, and the sweep coordinates."""
+
+    stack: Stack
+    analysis: Analysis
+    analysis_name: str
+    backend: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    point: Mapping[str, Any] = field(default_factory=dict)
+    index: int = 0
+
+    def key(self, backend_version: str) -> str:
+        options = {k: v for k, v in self.options.items() if k not in NON_RESULT_OPTIONS}
+        payload = {
+            "stack": self.stack.canonical(),
+            "analysis": self.analysis.canonical(),
+            "backend": self.backend,
+            "backend_version": backend_version,
+            "options": options,
+        }
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class TaskResult:
+    """``status`` is ``ok``, ``cached`` or ``failed`` (then ``error`` says why)."""
+
+    index: int
+    status: str
+    dataset: xr.Dataset | None = None
+    error: str = ""
+    seconds: float = 0.0
+    transient: bool = False
+
+
+def run_task(task: Task) -> TaskResult:
+    """Run one task in this process; an exception becomes a ``failed`` result, never a crash."""
+    from .api import solve  # late import: workers unpickle tasks before the API is needed
+
+    start = time.perf_counter()
+    try:
+        ds = solve(task.stack, task.analysis, backend=task.backend, options=task.options)
+    except QdcavityError as exc:
+        return TaskResult(task.index, "failed", error=str(exc),
+                          seconds=time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001  isolate the sweep from a solver bug
+        tb = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f" (at {tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
+        return TaskResult(task.index, "failed", error=f"{type(exc).__name__}: {exc}{where}",
+                          seconds=time.perf_counter() - start)
+    return TaskResult(task.index, "ok", dataset=ds, seconds=time.perf_counter() - start)

