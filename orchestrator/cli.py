@@ -96,18 +96,26 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .progress import SweepProgress
     from .results import write_netcdf
-    from .runner import run_study
+    from .runner import execute_study
     from .study import load_study
 
     study = load_study(args.study)
     if args.set:
         study = study.model_copy(update={"overrides": {**study.overrides, **dict(args.set)}})
-    ds = run_study(study, backend=args.backend)
     out = Path(args.output) if args.output else study.output_path() or Path(f"{study.name}.nc")
+    with SweepProgress(label=study.name) as progress:
+        ds, report = execute_study(
+            study, backend=args.backend, executor=args.executor, cache_dir=args.cache_dir,
+            use_cache=not args.no_cache, resume=args.resume, progress=progress,
+            workers=args.workers, address=args.scheduler, retries=args.retries,
+            batch_size=args.batch_size)
     write_netcdf(ds, out)
-    failed = int(ds.attrs.get("n_failed", 0))
-    console.print(f"wrote {out}" + (f"  ({failed} task(s) failed; see 'error')" if failed else ""))
+    failed = report.n_failed
+    console.print(f"wrote {out}  ({report.n_computed} computed, {report.n_cached} cached, "
+                  f"{failed} failed" + (", see 'status' and 'error'" if failed else "") +
+                  f"; {report.wall_s:.1f} s on {report.executor})", soft_wrap=True)
     return 1 if failed else 0
 
 
@@ -145,6 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output .nc file (default: the study's output.path)")
     p.add_argument("--set", type=parse_assignment, action="append", metavar="FIELD=VALUE",
                    help="override a stack field for the whole study (repeatable)")
+    p.add_argument("--executor", choices=("inprocess", "local", "address", "slurm"),
+                   help="where tasks run (default: the study's [executor], else a local "
+                        "dask cluster on all cores)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes of the local cluster (default: all cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use the running dask scheduler at tcp://host:port (implies "
+                        "--executor address)")
+    p.add_argument("--retries", type=int, metavar="N",
+                   help="resubmissions of a task lost with its worker (default 2; a task "
+                        "that raises is never retried)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="tasks per dask task (default: automatic from the first timings)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="task cache (default: output.cache_dir, $QDCAVITY_CACHE_DIR, or "
+                        ".qdcavity-cache next to the study)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: compute only the tasks missing from the "
+                        "cache (what every run does; --resume says so and reports it)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the task cache (recompute everything)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("paper", help="the paper's Fig. 2g quantities for the four stacks (TMM)")

@@ -74,13 +74,16 @@ class Sweep(BaseModel):
         for name, values in axes.items():
             if not values:
                 raise ValueError(f"axis '{name}' is empty")
-            if len({repr(v) for v in values}) != len(values):
-                raise ValueError(f"axis '{name}' repeats a value")
         return axes
 
     @model_validator(mode="after")
-    def _zip(self) -> Sweep:
-        if self.mode == "zip":
+    def _shape(self) -> Sweep:
+        if self.mode == "product":
+            for name, values in self.axes.items():
+                if len({repr(v) for v in values}) != len(values):
+                    raise ValueError(f"axis '{name}' repeats a value (a product needs unique "
+                                     "values)")
+        else:
             lengths = {name: len(v) for name, v in self.axes.items()}
             if len(set(lengths.values())) > 1:
                 raise ValueError(f"zipped axes must have equal lengths, got {lengths}")

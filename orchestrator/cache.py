@@ -1,0 +1,364 @@
+"""Content-addressed task cache: one file per task key, atomic writes, checksummed reads.
+
+A finished task's dataset is stored under its key (:meth:`qdcavity.tasks.Task.key`: a hash of
+the canonical stack, analysis, backend options, backend name and backend version) as
+``<cache_dir>/<key[:2]>/<key>.qdc``. The file is::
+
+    QDCACHE1\\n
+    {"key": ..., "sha256": ..., "size": ..., "format": "qdr1", ...}\\n
+    <payload: "QDR1", a JSON schema (variables, dims, dtypes, shapes, attrs), raw array bytes>
+
+* Writes go to a unique temporary file in the same folder, then ``os.replace``: a reader (or a
+  run killed with SIGKILL) sees either no entry or a complete one, never half a file.
+* Reads verify the magic, the key, the size and the SHA-256 of the payload; anything wrong is
+  reported as a corrupt entry, which the sweep recomputes and overwrites.
+* Two studies (or two processes) sharing one cache are safe: entries are immutable, the same key
+  always means the same question asked of the same solver version, a concurrent writer of the
+  same key replaces a complete file by another complete file, and no reader ever deletes an entry.
+* No pickle anywhere. The payload is a JSON schema plus raw little arrays rather than netCDF
+  or .npz because decoding must cost microseconds, not the ~1 ms of building an xarray Dataset
+  per file: a 10,000-point TMM sweep (a few ms per task) reads and combines them as plain arrays
+  (:class:`Record`). Results files of whole studies are netCDF (:mod:`qdcavity.results`).
+
+Failed tasks are not cached: a rerun tries them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import QdcavityError
+
+MAGIC = b"QDCACHE1\n"
+FORMAT = "qdr1"
+SUFFIX = ".qdc"
+CACHE_ENV = "QDCAVITY_CACHE_DIR"
+TOKEN_FILE = "qdcavity-cache-id"
+
+
+class CacheError(QdcavityError):
+    """A dataset cannot be stored in the cache (an unsupported value type)."""
+
+
+class CorruptEntry(Exception):
+    """A cache file exists but fails its checks (recompute it)."""
+
+
+# ---------------------------------------------------------------- dataset <-> bytes (no pickle)
+
+def _json_value(value: Any) -> Any:
+    """An attribute value as JSON (numpy scalars and arrays tagged so they come back typed)."""
+    if isinstance(value, str | bool | int | float) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return {"__np__": value.dtype.str, "v": value.item()}
+    if isinstance(value, np.ndarray):
+        return {"__np__": value.dtype.str, "v": value.tolist(), "shape": list(value.shape)}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {"__map__": {str(k): _json_value(v) for k, v in value.items()}}
+    raise CacheError(f"attribute value of type {type(value).__name__} cannot be cached")
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if "__np__" in value:
+            dtype = np.dtype(value["__np__"])
+            if "shape" in value:
+                return np.asarray(value["v"], dtype=dtype).reshape(value["shape"])
+            return dtype.type(value["v"])
+        if "__map__" in value:
+            return {k: _from_json(v) for k, v in value["__map__"].items()}
+    return value
+
+
+def _plain_array(name: str, data: np.ndarray) -> np.ndarray:
+    if data.dtype.kind == "O":
+        if all(isinstance(v, str) for v in data.ravel()):
+            return data.astype(str)
+        raise CacheError(f"variable '{name}' holds Python objects and cannot be cached")
+    if data.dtype.kind == "V" or data.dtype.hasobject:
+        raise CacheError(f"variable '{name}' has a structured dtype and cannot be cached")
+    return data
+
+
+@dataclass
+class Record:
+    """A dataset as plain parts: attrs, and per variable its dims, attrs and array.
+
+    Cheap to build from bytes (no xarray objects), so a sweep of thousands of tasks can be
+    combined without constructing thousands of datasets.
+    """
+
+    attrs: dict[str, Any]
+    variables: list[dict[str, Any]]  # name, dims, coord, attrs
+    arrays: list[np.ndarray]
+
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset) -> Record:
+        coord_names = set(ds.coords)
+        variables, arrays = [], []
+        for name, var in ds.variables.items():
+            variables.append({"name": name, "dims": list(var.dims),
+                              "coord": name in coord_names, "attrs": dict(var.attrs)})
+            arrays.append(np.asarray(var.values))
+        return cls(dict(ds.attrs), variables, arrays)
+
+    def to_dataset(self) -> xr.Dataset:
+        data_vars, coords = {}, {}
+        for v, arr in zip(self.variables, self.arrays, strict=True):
+            var = xr.Variable(v["dims"], np.array(arr), attrs=dict(v["attrs"]))
+            (coords if v["coord"] else data_vars)[v["name"]] = var
+        return xr.Dataset(data_vars, coords=coords, attrs=dict(self.attrs))
+
+
+PAYLOAD_MAGIC = b"QDR1"
+_ALIGN = 16
+
+
+def encode_dataset(ds: xr.Dataset) -> bytes:
+    """Serialize a dataset to bytes: a JSON schema, then every variable's raw array bytes."""
+    variables, chunks, offset = [], [], 0
+    coord_names = set(ds.coords)
+    for name, var in ds.variables.items():
+        arr = _plain_array(str(name), np.asarray(var.values))
+        raw = arr.tobytes()
+        variables.append({
+            "name": name, "dims": list(var.dims), "coord": name in coord_names,
+            "attrs": _json_value(dict(var.attrs)), "dtype": arr.dtype.str,
+            "shape": list(arr.shape), "offset": offset, "nbytes": len(raw),
+        })
+        pad = -len(raw) % _ALIGN
+        chunks.append(raw + b"\0" * pad)
+        offset += len(raw) + pad
+    schema = json.dumps({"variables": variables, "attrs": _json_value(dict(ds.attrs))}).encode()
+    head = PAYLOAD_MAGIC + len(schema).to_bytes(8, "little") + schema
+    head += b"\0" * (-len(head) % _ALIGN)
+    return head + b"".join(chunks)
+
+
+def decode_record(payload: bytes) -> Record:
+    """The parts of an encoded dataset (ValueError if the bytes are not one)."""
+    if payload[:4] != PAYLOAD_MAGIC:
+        raise ValueError("not an encoded dataset")
+    n = int.from_bytes(payload[4:12], "little")
+    schema = json.loads(payload[12:12 + n])
+    base = 12 + n + (-(12 + n) % _ALIGN)
+    variables, arrays = [], []
+    for v in schema["variables"]:
+        start = base + v["offset"]
+        if start + v["nbytes"] > len(payload):
+            raise ValueError("truncated payload")
+        dtype = np.dtype(v["dtype"])
+        count = math.prod(v["shape"])
+        if count * dtype.itemsize != v["nbytes"]:
+            raise ValueError("inconsistent array size")
+        arr = np.frombuffer(payload, dtype=dtype, count=count, offset=start).reshape(v["shape"])
+        arrays.append(arr)
+        variables.append({"name": v["name"], "dims": v["dims"], "coord": v["coord"],
+                          "attrs": _from_json(v["attrs"])})
+    return Record(_from_json(schema["attrs"]), variables, arrays)
+
+
+def decode_dataset(payload: bytes) -> xr.Dataset:
+    return decode_record(payload).to_dataset()
+
+
+# ---------------------------------------------------------------- entries
+
+def pack(key: str, payload: bytes, meta: Mapping[str, Any] | None = None) -> bytes:
+    """The bytes of one cache file (header with checksum, then the payload)."""
+    header = {
+        "key": key, "format": FORMAT, "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(), "created": time.time(), **(meta or {}),
+    }
+    return MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+
+
+def unpack(key: str, blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """Check a cache file's bytes; return (header, payload) or raise CorruptEntry."""
+    if not blob.startswith(MAGIC):
+        raise CorruptEntry("bad magic")
+    end = blob.find(b"\n", len(MAGIC))
+    if end < 0:
+        raise CorruptEntry("truncated header")
+    try:
+        header = json.loads(blob[len(MAGIC):end])
+    except ValueError:
+        raise CorruptEntry("unreadable header") from None
+    payload = blob[end + 1:]
+    if not isinstance(header, dict) or header.get("key") != key:
+        raise CorruptEntry("key mismatch")
+    if header.get("format") != FORMAT or header.get("size") != len(payload):
+        raise CorruptEntry(f"size {len(payload)} != {header.get('size')}")
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise CorruptEntry("checksum mismatch")
+    return header, payload
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    writes: int = 0
+
+
+class TaskCache:
+    """The cache folder: ``get(key)``, ``put(key, dataset)``, ``put_payload(key, bytes)``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self.stats = CacheStats()
+        self.corrupt_keys: list[str] = []
+        self._dirs: set[Path] = set()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QdcavityError(f"cannot create cache folder {self.root}: {exc.strerror}",
+                                field="cache_dir") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise QdcavityError(f"cache folder {self.root} is not writable", field="cache_dir")
+
+    def path(self, key: str) -> Path:
+        if len(key) < 8 or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a task key: {key!r}")
+        return self.root / key[:2] / f"{key}{SUFFIX}"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def get_payload(self, key: str) -> bytes | None:
+        """The verified payload, or None when absent or corrupt (corrupt ones are counted)."""
+        try:
+            blob = self.path(key).read_bytes()
+        except FileNotFoundError:
+            self.stats.misses += 1
+            return None
+        except OSError:
+            blob = b""
+        try:
+            _, payload = unpack(key, blob)
+        except CorruptEntry:
+            self._corrupt(key)
+            return None
+        self.stats.hits += 1
+        return payload
+
+    def _corrupt(self, key: str) -> None:
+        self.stats.corrupt += 1
+        self.corrupt_keys.append(key)
+
+    def get_record(self, key: str) -> Record | None:
+        payload = self.get_payload(key)
+        if payload is None:
+            return None
+        try:
+            return decode_record(payload)
+        except (ValueError, KeyError, TypeError):  # checksum fine, content unusable
+            self.stats.hits -= 1
+            self._corrupt(key)
+            return None
+
+    def get(self, key: str) -> xr.Dataset | None:
+        """The cached dataset of a task, or None (absent or corrupt: recompute it)."""
+        record = self.get_record(key)
+        return None if record is None else record.to_dataset()
+
+    def put_payload(self, key: str, payload: bytes, meta: Mapping[str, Any] | None = None
+                    ) -> Path:
+        """Store an encoded dataset atomically (unique temporary file, then ``os.replace``)."""
+        path = self.path(key)
+        if path.parent not in self._dirs:
+            path.parent.mkdir(exist_ok=True)
+            self._dirs.add(path.parent)
+        tmp = path.parent / f".{key[:16]}.{os.urandom(8).hex()}.tmp"  # unique across hosts
+        blob = pack(key, payload, meta)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.stats.writes += 1
+        return path
+
+    def put(self, key: str, ds: xr.Dataset, meta: Mapping[str, Any] | None = None) -> Path:
+        return self.put_payload(key, encode_dataset(ds), meta)
+
+    def token(self) -> str:
+        """This folder's identity (created once): lets a worker check it sees the same folder."""
+        path = self.root / TOKEN_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        tmp = self.root / f".{TOKEN_FILE}.{os.urandom(8).hex()}.tmp"
+        tmp.write_text(os.urandom(16).hex())
+        try:
+            os.link(tmp, path)  # atomic create-if-absent: the first writer wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+
+    def keys(self) -> Iterator[str]:
+        for path in self.root.glob(f"??/*{SUFFIX}"):
+            yield path.name.removesuffix(SUFFIX)
+
+    @classmethod
+    def if_shared(cls, root: str, token: str) -> TaskCache | None:
+        """Open ``root`` on a worker if it is the client's folder (same token), else None."""
+        found = _SHARED.get(root)
+        if found is None:
+            try:
+                ok = (Path(root) / TOKEN_FILE).read_text().strip() == token
+                found = cls(root) if ok else False
+            except (OSError, QdcavityError):
+                found = False
+            _SHARED[root] = found
+        return found or None
+
+    def clean_temporaries(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary files left by killed writers (only old ones: others may be live)."""
+        now, removed = time.time(), 0
+        for path in self.root.glob("??/.*.tmp"):
+            try:
+                if now - path.stat().st_mtime > older_than_s:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+
+_SHARED: dict[str, TaskCache | bool] = {}
+
+
+def default_cache_dir(study_dir: str | Path | None = None) -> Path:
+    """``$QDCAVITY_CACHE_DIR``, else ``.qdcavity-cache`` next to the study file."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    return Path(study_dir or ".") / ".qdcavity-cache"

@@ -1,0 +1,713 @@
+"""Execute sweep tasks: in-process, on a dask LocalCluster, on an existing scheduler, on SLURM.
+
+The driver (:func:`execute`) is the same for every executor:
+
+* tasks already in the cache are not run (a corrupt entry counts as missing);
+* the others are grouped into batches and submitted with a bounded number in flight (two per
+  worker), so that killing the run loses at most those;
+* every finished batch is written to the cache as it arrives (``as_completed`` style), task by
+  task, atomically;
+* a task that raises is a ``failed`` result with its message (never retried: the solver would
+  say the same again); a batch lost with its worker (``KilledWorker``, a closed connection, a
+  cancelled future) is resubmitted up to ``retries`` times, then its tasks fail with the reason;
+* batch size: fixed (``batch_size``) or automatic: one task per batch until the first timings
+  arrive, then as many tasks as fit in ``target_batch_s`` of solver time (small TMM tasks are
+  grouped by the hundred; a Meep task that takes seconds runs alone), never so large that a
+  worker would be left idle at the end.
+
+Workers run :func:`run_batch`, which encodes each dataset for the cache itself (the client only
+writes bytes and decodes them), so the client stays light even at thousands of tasks a second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .cache import CacheError, Record, TaskCache, decode_dataset, decode_record, encode_dataset
+from .errors import ConfigError, QdcavityError
+from .progress import NullProgress, SweepProgress
+from .tasks import Task, TaskResult, run_task
+
+KINDS = ("inprocess", "local", "address", "slurm")
+JOBQUEUE_CONFIG_ENV = "QDCAVITY_JOBQUEUE_CONFIG"
+
+
+# ---------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class ExecConfig:
+    """How to run a sweep (the study's ``[executor]`` table plus command-line overrides).
+
+    ``min_cluster_work_s``: with ``kind = "local"``, a sweep whose tasks (timed on the first
+    ones, run in-process) would take less than this in total is finished in-process instead of
+    paying for a cluster start-up. 0 always starts the cluster.
+    """
+
+    kind: str = "local"
+    workers: int | None = None
+    address: str | None = None
+    retries: int = 2
+    batch_size: int | None = None
+    jobs: int = 1
+    slurm: Mapping[str, Any] = field(default_factory=dict)
+    connect_timeout_s: float = 10.0
+    target_batch_s: float = 0.25
+    min_cluster_work_s: float = 3.0
+    base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown executor '{self.kind}'; known: {', '.join(KINDS)}",
+                              field="executor")
+        if self.kind == "address" and not self.address:
+            raise ConfigError("executor 'address' needs a scheduler address "
+                              "(tcp://host:port; --scheduler on the command line)",
+                              field="executor")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("workers must be >= 1", field="executor.workers")
+        if self.retries < 0:
+            raise ConfigError("retries must be >= 0", field="executor.retries")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1", field="executor.batch_size")
+
+    @classmethod
+    def from_study(cls, study: Any, **overrides: Any) -> ExecConfig:
+        ex = study.executor
+        values = dict(kind=ex.kind, workers=ex.workers, address=ex.address, retries=ex.retries,
+                      batch_size=ex.batch_size, jobs=ex.jobs, slurm=dict(ex.slurm),
+                      base_dir=study.base_dir)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("address") and not overrides.get("kind"):
+            values["kind"] = "address"
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> ExecConfig:
+        return replace(self, **changes)
+
+
+@dataclass
+class Report:
+    """What a run did (also stored as JSON in the result's ``run`` attribute)."""
+
+    executor: str = ""
+    n_tasks: int = 0
+    n_unique: int = 0
+    n_cached: int = 0
+    n_computed: int = 0
+    n_failed: int = 0
+    n_retried: int = 0
+    n_corrupt_cache: int = 0
+    n_written_by_workers: int = 0
+    n_batches: int = 0
+    max_batch_size: int = 0
+    max_workers: int = 0
+    solver_s: float = 0.0
+    wall_s: float = 0.0
+    dashboard: str | None = None
+    workers_used: set[str] = field(default_factory=set)  # "host:pid" that computed tasks
+    slurm_job_ids: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if not isinstance(v, set)}
+        out["workers_used"] = sorted(self.workers_used)
+        out["slurm_job_ids"] = sorted(self.slurm_job_ids)
+        return out
+
+    def as_attr(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+
+# ---------------------------------------------------------------- worker side
+
+def _where() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
+              cache: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Run tasks one after the other (on a worker); never raises for a task's own error.
+
+    Each result carries its dataset encoded (``payload``; the dataset itself if it cannot be
+    encoded). With ``cache = (folder, token)`` and that folder visible here (a local cluster, a
+    shared file system under SLURM), each finished task is also written to the cache right here,
+    as soon as it is done (``written``); otherwise the client writes it.
+    """
+    from .registry import default_registry
+
+    default_registry()  # plugin loading is start-up cost, not solver time
+    store = TaskCache.if_shared(*cache) if cache and keys else None
+    where = _where()
+    out = []
+    for i, task in enumerate(tasks):
+        res = run_task(task)
+        payload, ds, written = None, None, False
+        if res.dataset is not None:
+            try:
+                payload = encode_dataset(res.dataset)
+            except CacheError:
+                ds = res.dataset
+        if payload is not None and store is not None:
+            try:
+                store.put_payload(keys[i], payload, {"backend": task.backend,
+                                                     "seconds": round(res.seconds, 6),
+                                                     "by": where})
+                written = True
+            except OSError:
+                pass
+        out.append({"index": res.index, "status": res.status, "error": res.error,
+                    "seconds": res.seconds, "transient": res.transient,
+                    "payload": payload, "dataset": ds, "written": written})
+    return {"where": where, "results": out}
+
+
+# ---------------------------------------------------------------- pools
+
+def _is_transient(exc: BaseException) -> bool:
+    """Infrastructure failures worth a retry: a lost worker or connection, a cancelled future."""
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    return isinstance(exc, KilledWorker | CommClosedError | CancelledError | OSError
+                      | TimeoutError | ConnectionError | EOFError)
+
+
+class InlinePool:
+    """Runs batches in this process, one at a time, when the driver asks for a result."""
+
+    kind = "inprocess"
+    dashboard_link: str | None = None
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[int, tuple[Any, ...]]] = deque()
+        self._n = 0
+
+    def workers(self) -> int:
+        return 1
+
+    def window(self) -> int:
+        return 1
+
+    def submit(self, batch: Sequence[Task], keys: Sequence[str] = (),
+               cache: tuple[str, str] | None = None) -> int:
+        self._n += 1
+        self._queue.append((self._n, (batch, keys, cache)))
+        return self._n
+
+    def wait(self, handles: Any, timeout: float) -> list[tuple[Any, Any]]:
+        handle, args = self._queue.popleft()
+        try:
+            return [(handle, run_batch(*args))]
+        except Exception as exc:  # noqa: BLE001  e.g. an encoding bug: fail the batch only
+            return [(handle, exc)]
+
+    def heartbeat(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+class DaskPool:
+    """Batches as futures on a dask.distributed client."""
+
+    def __init__(self, client: Any, cluster: Any = None, kind: str = "local") -> None:
+        self.client, self.cluster, self.kind = client, cluster, kind
+        self._workers = (0, -math.inf)
+        self._done: queue.Queue[Any] = queue.Queue()
+        self.dashboard_link = _dashboard(client)
+
+    def workers(self) -> int:
+        n, when = self._workers
+        if time.monotonic() - when > 1.0:
+            n = len(self.client.scheduler_info().get("workers", {}))
+            self._workers = (n, time.monotonic())
+        return n
+
+    def window(self) -> int:
+        return 2 * max(self.workers(), 1)
+
+    def submit(self, batch: Sequence[Task], keys: Sequence[str] = (),
+               cache: tuple[str, str] | None = None) -> Any:
+        key = f"qdcavity-batch-{uuid.uuid4().hex[:12]}"
+        fut = self.client.submit(run_batch, list(batch), list(keys), cache, key=key,
+                                 pure=False, retries=0)
+        fut.add_done_callback(self._done.put)  # called from a client thread when finished
+        return fut
+
+    def wait(self, handles: Any, timeout: float) -> list[tuple[Any, Any]]:
+        try:
+            ready = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with suppress(queue.Empty):
+            while True:
+                ready.append(self._done.get_nowait())
+        out = []
+        for fut in ready:
+            if fut not in handles:
+                continue
+            try:
+                out.append((fut, fut.result()))
+            except BaseException as exc:  # noqa: BLE001  classified by the driver
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                out.append((fut, exc))
+            fut.release()
+        return out
+
+    def heartbeat(self) -> str | None:
+        """Called while nothing finishes: a message to show, or raise if it never will."""
+        if self.workers() > 0:
+            return None
+        if self.kind == "slurm":
+            _check_slurm_jobs(self.cluster)
+            return "waiting for SLURM workers (jobs queued)"
+        return "waiting for workers"
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.client.close(timeout=10)
+        if self.cluster is not None:
+            with suppress(Exception):
+                self.cluster.close(timeout=20)
+
+
+def _dashboard(client: Any) -> str | None:
+    try:
+        services = client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001
+        return None
+    return client.dashboard_link if "dashboard" in services else None
+
+
+def _have_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def _quiet_dask() -> None:
+    """Worker deaths are handled (retried) here; dask's own warnings about them are noise."""
+    import logging
+
+    for name in ("distributed.scheduler", "distributed.nanny", "distributed.core",
+                 "distributed.worker", "distributed.client", "distributed.deploy.spec"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _local_pool(cfg: ExecConfig) -> DaskPool:
+    import dask
+    from distributed import Client, LocalCluster
+
+    n = cfg.workers or os.cpu_count() or 1
+    _quiet_dask()
+    # A worker loss surfaces at once as KilledWorker; the driver's retries are the only ones.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=":0",
+                               silence_logs=40, memory_limit=0)
+    client = Client(cluster, set_as_default=False)
+    return DaskPool(client, cluster, "local")
+
+
+def _address_pool(cfg: ExecConfig) -> DaskPool:
+    from distributed import Client
+
+    _quiet_dask()
+    try:
+        client = Client(cfg.address, timeout=cfg.connect_timeout_s, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise QdcavityError(
+            f"cannot reach the dask scheduler at {cfg.address} within "
+            f"{cfg.connect_timeout_s:g} s ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            field="executor.address") from None
+    return DaskPool(client, None, "address")
+
+
+# ---------------------------------------------------------------- SLURM
+
+DEFAULT_SLURM: dict[str, Any] = {
+    "cores": 1,
+    "processes": 1,
+    "memory": "2GB",
+    "walltime": "01:00:00",
+    "death_timeout": 60,
+    "job_script_prologue": ["export OMP_NUM_THREADS=1", "export OPENBLAS_NUM_THREADS=1"],
+}
+
+
+def _jobqueue_file(cfg: ExecConfig) -> Path | None:
+    ref = cfg.slurm.get("config") or os.environ.get(JOBQUEUE_CONFIG_ENV)
+    if not ref:
+        return None
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = Path(cfg.base_dir) / path
+    if not path.exists():
+        raise ConfigError(f"dask-jobqueue configuration not found: {path}",
+                          field="executor.slurm.config")
+    return path
+
+
+def slurm_kwargs(cfg: ExecConfig) -> dict[str, Any]:
+    """SLURMCluster keyword arguments: defaults < the jobqueue YAML file < the study's table."""
+    import yaml
+
+    kwargs = dict(DEFAULT_SLURM)
+    kwargs["python"] = sys.executable
+    kwargs["log_directory"] = str(Path(cfg.base_dir) / "slurm-logs")
+    path = _jobqueue_file(cfg)
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+            section = data.get("jobqueue", {}).get("slurm", {})
+        except (yaml.YAMLError, AttributeError) as exc:
+            raise ConfigError(f"{path}: not a dask-jobqueue YAML file ({exc})") from None
+        kwargs.update({k.replace("-", "_"): v for k, v in section.items() if v is not None})
+    kwargs.update({k.replace("-", "_"): v for k, v in cfg.slurm.items() if k != "config"})
+    options = dict(kwargs.get("scheduler_options") or {})
+    options.setdefault("dashboard_address", ":0")
+    kwargs["scheduler_options"] = options
+    return kwargs
+
+
+def _slurm_error(exc: BaseException) -> str:
+    """The useful part of a failed sbatch call (dask-jobqueue wraps it in a long message)."""
+    text = str(exc)
+    if "stderr:" in text:
+        err = text.split("stderr:", 1)[1].strip()
+        return " ".join(err.split()) or text
+    return " ".join(text.split())
+
+
+def _check_slurm_jobs(cluster: Any) -> None:
+    """Raise if every job of the cluster has left the queue without a worker connecting."""
+    ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values()
+           if getattr(job, "job_id", None)]
+    if not ids:
+        return
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    alive = set(out.stdout.split())
+    if out.returncode == 0 and not alive & set(ids):
+        log_dir = getattr(cluster, "_job_kwargs", {}).get("log_directory") or "."
+        raise QdcavityError(
+            f"the SLURM jobs {', '.join(ids)} ended without a dask worker connecting; see the "
+            f"job logs in {log_dir}", field="executor.slurm")
+
+
+def _slurm_pool(cfg: ExecConfig) -> DaskPool:
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise QdcavityError("executor 'slurm' needs dask-jobqueue: pip install "
+                            "'qdcavity[cluster]'", field="executor") from None
+    import dask
+    from distributed import Client
+
+    if shutil.which("sbatch") is None:
+        raise QdcavityError("executor 'slurm': sbatch not found on PATH (run on a SLURM "
+                            "login node)", field="executor")
+    kwargs = slurm_kwargs(cfg)
+    Path(kwargs["log_directory"]).mkdir(parents=True, exist_ok=True)
+    _quiet_dask()
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = SLURMCluster(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid SLURMCluster setting: {exc}", field="executor.slurm") \
+            from None
+    try:
+        _preflight(cluster)
+        cluster.scale(jobs=cfg.jobs)
+        try:  # submit now, so that an sbatch error is reported here and not in a log
+            cluster.sync(cluster._correct_state)
+        except AttributeError:  # private API moved: the heartbeat check still catches it
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise QdcavityError(f"SLURM job submission failed: {_slurm_error(exc)}",
+                                field="executor.slurm") from None
+        client = Client(cluster, set_as_default=False)
+    except BaseException:
+        with suppress(Exception):
+            cluster.close(timeout=10)
+        raise
+    return DaskPool(client, cluster, "slurm")
+
+
+def _preflight(cluster: Any) -> None:
+    """``sbatch --test-only`` on the real job script: a bad partition/memory/time fails here."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
+        fh.write(cluster.job_script())
+    try:
+        out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise QdcavityError("sbatch --test-only did not answer within 60 s (is slurmctld "
+                            "running?)", field="executor.slurm") from None
+    finally:
+        Path(fh.name).unlink(missing_ok=True)
+    if out.returncode != 0:
+        msg = " ".join((out.stderr or out.stdout).split())
+        raise QdcavityError(f"SLURM rejects the worker job: {msg}", field="executor.slurm")
+
+
+@contextmanager
+def open_pool(cfg: ExecConfig) -> Iterator[InlinePool | DaskPool]:
+    if cfg.kind == "inprocess":
+        pool: InlinePool | DaskPool = InlinePool()
+    elif cfg.kind == "local":
+        pool = _local_pool(cfg)
+    elif cfg.kind == "address":
+        pool = _address_pool(cfg)
+    else:
+        pool = _slurm_pool(cfg)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+# ---------------------------------------------------------------- the driver
+
+class BatchSizer:
+    """Fixed size, or ``target_s`` of measured solver time per batch (median of recent tasks)."""
+
+    def __init__(self, fixed: int | None, target_s: float) -> None:
+        self.fixed, self.target_s = fixed, target_s
+        self.recent: deque[float] = deque(maxlen=64)
+
+    def observe(self, seconds: float) -> None:
+        self.recent.append(seconds)
+
+    def size(self, remaining: int, workers: int) -> int:
+        if self.fixed:
+            return self.fixed
+        if not self.recent:
+            return 1
+        typical = max(statistics.median(self.recent), 1e-6)
+        wanted = max(1, int(self.target_s / typical))
+        balance = max(1, math.ceil(remaining / (2 * max(workers, 1))))
+        return min(wanted, balance, 5000)
+
+
+class Driver:
+    """Runs the missing tasks of a sweep on a pool, writing each result to the cache."""
+
+    def __init__(self, tasks: Sequence[Task], keys: Sequence[str], cache: TaskCache | None,
+                 cfg: ExecConfig, progress: SweepProgress | None = None,
+                 raw: bool = False) -> None:
+        self.tasks, self.keys, self.cache, self.cfg = tasks, keys, cache, cfg
+        self.raw = raw  # results hold cache.Record (cheap) instead of datasets
+        self.cache_spec = (str(cache.root), cache.token()) if cache is not None else None
+        self.progress = progress or NullProgress()
+        self.results: list[TaskResult | None] = [None] * len(tasks)
+        self.by_key: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            self.by_key.setdefault(key, []).append(i)
+        self.report = Report(executor=cfg.kind, n_tasks=len(tasks), n_unique=len(self.by_key))
+        self.attempts: dict[str, int] = {}
+        self.sizer = BatchSizer(cfg.batch_size, cfg.target_batch_s)
+
+    # ------------------------------------------------------------ results
+    def _set(self, key: str, status: str, ds: Any = None, error: str = "",
+             seconds: float = 0.0) -> None:
+        for i in self.by_key[key]:
+            self.results[i] = TaskResult(i, status, dataset=ds, error=error, seconds=seconds)
+
+    def _lookup_cache(self) -> list[str]:
+        todo = []
+        for key, idxs in self.by_key.items():
+            ds: Record | Any = None
+            if self.cache is not None:
+                ds = self.cache.get_record(key)
+                if ds is not None and not self.raw:
+                    ds = ds.to_dataset()
+            if ds is None:
+                todo.append(key)
+            else:
+                self._set(key, "cached", ds)
+                self.report.n_cached += len(idxs)
+        if self.cache is not None:
+            self.report.n_corrupt_cache = self.cache.stats.corrupt
+        return todo
+
+    def _accept(self, key: str, item: Mapping[str, Any]) -> tuple[int, int]:
+        """Record one task result from a worker; returns (ok, failed) counts."""
+        n = len(self.by_key[key])
+        self.report.solver_s += item["seconds"]
+        if item["status"] != "ok":
+            self._set(key, "failed", error=item["error"], seconds=item["seconds"])
+            self.report.n_failed += n
+            return 0, n
+        self.sizer.observe(item["seconds"])
+        payload, ds = item["payload"], item["dataset"]
+        if payload is not None:
+            if item.get("written"):
+                self.report.n_written_by_workers += n
+            elif self.cache is not None:
+                meta = {"backend": self.tasks[self.by_key[key][0]].backend,
+                        "seconds": round(item["seconds"], 6), "by": _where()}
+                try:
+                    self.cache.put_payload(key, payload, meta)
+                except OSError as exc:
+                    self.progress.note(f"warning: cannot write the cache ({exc}); "
+                                       "continuing without it")
+                    self.cache = None
+            ds = decode_record(payload) if self.raw else decode_dataset(payload)
+        self._set(key, "ok", ds, seconds=item["seconds"])
+        self.report.n_computed += n
+        return n, 0
+
+    def _lost(self, keys: list[str], exc: BaseException, pending: deque[str]) -> tuple[int, int]:
+        """A batch that did not come back: retry transient losses, fail the rest."""
+        transient = _is_transient(exc)
+        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        failed = 0
+        retry = []
+        for key in keys:
+            # the lost worker may have finished (and cached) part of its batch before dying
+            rec = self.cache.get_record(key) if self.cache is not None else None
+            if rec is not None:
+                self._set(key, "ok", rec if self.raw else rec.to_dataset())
+                self.report.n_computed += len(self.by_key[key])
+                continue
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            if transient and self.attempts[key] <= self.cfg.retries:
+                retry.append(key)
+            else:
+                what = (f"lost {self.attempts[key]} time(s) with its worker"
+                        if transient else "could not be run")
+                self._set(key, "failed", error=f"task {what}: {reason}")
+                self.report.n_failed += len(self.by_key[key])
+                failed += len(self.by_key[key])
+        pending.extendleft(reversed(retry))
+        self.report.n_retried += len(retry)
+        return failed, len(retry)
+
+    # ------------------------------------------------------------ run
+    def run(self) -> list[TaskResult]:
+        start = time.perf_counter()
+        if self.cache is not None:
+            self.cache.clean_temporaries()
+        todo = self._lookup_cache()
+        if self.report.n_cached:
+            where = self.cache.root if self.cache is not None else ""
+            self.progress.note(f"{self.report.n_cached} of {self.report.n_tasks} tasks found in "
+                               f"the cache {where}; computing the other {len(todo)}")
+        self.progress.start(sum(len(self.by_key[k]) for k in todo), cached=self.report.n_cached)
+        if todo:
+            pending = deque(todo)
+            cfg = self.cfg
+            if cfg.kind == "local" and cfg.workers is None and cfg.min_cluster_work_s > 0:
+                self._probe_inline(pending)
+            if pending:
+                with open_pool(cfg) as pool:
+                    self.report.executor = cfg.kind
+                    if pool.dashboard_link:
+                        self.report.dashboard = pool.dashboard_link
+                        hint = "" if _have_bokeh() else " (install bokeh>=3.1 to see it)"
+                        self.progress.note(f"dask dashboard: {pool.dashboard_link}{hint}")
+                    self._drive(pool, pending)
+        self.report.wall_s = time.perf_counter() - start
+        return [r for r in self.results if r is not None]
+
+    def _probe_inline(self, pending: deque[str]) -> None:
+        """Run the first tasks here, and the rest too if the sweep is too small for a cluster.
+
+        Keeps going in-process while the projected serial time of what is left (median task
+        time so far times the tasks left) stays under ``min_cluster_work_s``; otherwise stops
+        after two tasks (the first one carries one-off start-up costs) and lets the cluster
+        take over.
+        """
+        pool, done, limit = InlinePool(), 0, self.cfg.min_cluster_work_s
+        t0 = time.perf_counter()
+        while pending:
+            self._drive(pool, deque([pending.popleft()]))
+            done += 1
+            typical = statistics.median(self.sizer.recent) if self.sizer.recent else \
+                (time.perf_counter() - t0) / done
+            if typical * len(pending) <= limit:
+                continue
+            if done >= 2 or time.perf_counter() - t0 > limit:
+                return
+        self.report.executor = "local (ran in-process: too small for a cluster)"
+
+    def _drive(self, pool: InlinePool | DaskPool, pending: deque[str]) -> None:
+        in_flight: dict[Any, list[str]] = {}
+        last_note = ""
+        while pending or in_flight:
+            workers = pool.workers()
+            self.report.max_workers = max(self.report.max_workers, workers)
+            while pending and len(in_flight) < pool.window():
+                size = self.sizer.size(len(pending), workers)
+                batch_keys = [pending.popleft() for _ in range(min(size, len(pending)))]
+                batch = [self.tasks[self.by_key[k][0]] for k in batch_keys]
+                in_flight[pool.submit(batch, batch_keys, self.cache_spec)] = batch_keys
+                self.report.n_batches += 1
+                self.report.max_batch_size = max(self.report.max_batch_size, len(batch))
+            done = pool.wait(in_flight, timeout=2.0)
+            if not done:
+                note = pool.heartbeat()
+                if note and note != last_note:
+                    self.progress.status(note)
+                    last_note = note
+                continue
+            if last_note:
+                self.progress.status(self.progress.label)
+                last_note = ""
+            for handle, value in done:
+                keys = in_flight.pop(handle)
+                if isinstance(value, BaseException):
+                    failed, retried = self._lost(keys, value, pending)
+                    self.progress.update(failed=failed, retried=retried)
+                    continue
+                where = value["where"]
+                self.report.workers_used.add(f"{where.get('host')}:{where.get('pid')}")
+                if where.get("slurm_job_id"):
+                    self.report.slurm_job_ids.add(str(where["slurm_job_id"]))
+                ok = failed = 0
+                for key, item in zip(keys, value["results"], strict=True):
+                    if item.get("transient") and self.attempts.get(key, 0) < self.cfg.retries:
+                        self.attempts[key] = self.attempts.get(key, 0) + 1
+                        pending.appendleft(key)
+                        self.report.n_retried += 1
+                        continue
+                    a, b = self._accept(key, item)
+                    ok, failed = ok + a, failed + b
+                self.progress.update(ok=ok, failed=failed)
+
+
+def execute(tasks: Sequence[Task], keys: Sequence[str], cache: TaskCache | None,
+            cfg: ExecConfig, progress: SweepProgress | None = None, raw: bool = False
+            ) -> tuple[list[TaskResult], Report]:
+    """Results of every task (cached, computed or failed, in task order) and a report.
+
+    ``raw=True``: each result's ``dataset`` is a :class:`qdcavity.cache.Record` (what
+    :func:`qdcavity.runner.combine` works from, fast for large sweeps).
+    """
+    driver = Driver(tasks, keys, cache, cfg, progress, raw=raw)
+    results = driver.run()
+    return results, driver.report

@@ -1,0 +1,78 @@
+"""Options of the tidy3d backend, validated with one clear error naming each bad key.
+
+``options`` is the study's ``backend_options`` table (or ``solve(..., options={...})``).
+``work_dir``, ``dry_run`` and ``timeout_s`` steer where and how jobs run and never change an
+answer (the orchestrator leaves them out of cache keys); the other keys do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from qdcavity.validation import validated
+
+# Default cell size inside the layers for the local mode solver, from the convergence study in
+# docs/tidy3d.md: at 2 nm the worst neff error over TE0/TM0/SPPs of the four paper stacks is
+# below 1e-3 (TE0/TM0 below 1e-4) and gamma errors below 1e-3, at ~0.5 s per wavelength.
+DEFAULT_MODE_RESOLUTION_NM = 2.0
+# FDTD cell inside the layers (Tidy3D cloud solver, no local check possible: see docs).
+DEFAULT_FDTD_RESOLUTION_NM = 2.0
+
+
+class Tidy3DOptions(BaseModel):
+    """Every option of the backend. One table serves all analyses (a study's
+    ``backend_options``); each analysis reads the keys it needs, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    resolution_nm: float | None = Field(
+        None, gt=0, le=50, allow_inf_nan=False,
+        description="largest cell inside the layers (nm); default per analysis")
+    blas_threads: int = Field(1, ge=1, le=256)
+    # ---- local mode solver (modes)
+    interface_averaging: bool = Field(
+        True, description="average eps_tangential on interface nodes (second-order convergence)")
+    pml_cells: int = Field(12, ge=4, le=64)
+    search_modes: int | None = Field(None, ge=2, le=200,
+                                     description="eigenvalues requested per solve")
+    max_padding_nm: float = Field(15000.0, gt=0, allow_inf_nan=False,
+                                  description="cap of the cladding window for slow tails")
+    tail_efolds: float = Field(8.0, ge=3, le=30, allow_inf_nan=False,
+                               description="bound-cladding window in field decay lengths")
+    # ---- FDTD on Tidy3D's cloud (reflectance, dipole_emission)
+    work_dir: str | None = Field(None, description="directory for simulations, task ids, data")
+    dry_run: bool = False
+    timeout_s: float | None = Field(None, gt=0, description="give up polling after this long")
+    poll_interval_s: float = Field(15.0, ge=0, le=3600)
+    max_cost_fc: float | None = Field(
+        None, gt=0, description="refuse to start simulations whose estimated cost exceeds this")
+    estimate_cost: bool = Field(True, description="ask the web API for a cost estimate")
+    folder_name: str = Field("qdcavity", min_length=1)
+    resubmit_failed: bool = False
+    run_time_fs: float | None = Field(None, gt=0)
+    shutoff: float = Field(1e-6, gt=0, lt=1)
+    fit_max_poles: int = Field(5, ge=1, le=20)
+    fit_tolerance_rms: float = Field(1e-3, gt=0)
+    pad_nm: float | None = Field(None, gt=0, description="cladding thickness in the FDTD domain")
+    lateral_size_um: float = Field(8.0, gt=0.5, le=200, description="dipole: lateral domain")
+    lateral_cell_nm: float = Field(20.0, gt=0, le=200, description="dipole: lateral cell")
+    symmetry: bool = Field(True, description="dipole: use mirror symmetry (4x cheaper)")
+    verbose: bool = False
+
+    def mode_resolution(self) -> float:
+        return self.resolution_nm or DEFAULT_MODE_RESOLUTION_NM
+
+    def fdtd_resolution(self) -> float:
+        return self.resolution_nm or DEFAULT_FDTD_RESOLUTION_NM
+
+
+def parse_options(options: Mapping[str, Any]) -> Tidy3DOptions:
+    return validated(lambda: Tidy3DOptions.model_validate(dict(options)),
+                     "tidy3d backend options")
+
+
+def work_dir_path(opts: Tidy3DOptions) -> Path | None:
+    return Path(opts.work_dir).expanduser() if opts.work_dir else None

@@ -1,0 +1,328 @@
+"""Mode field profiles and confinement factors (closed-form, layer by layer).
+
+Conventions (docs/conventions.md): exp(-i omega t), N = n + i k (k > 0 absorbing), z = 0 at the
+substrate top, media ``[substrate, layer_1 .. layer_L, superstrate]``, fields
+~ exp(i (beta x - omega t)) with beta = k0 neff, vacuum impedance 1 (H is Z0 H_SI).
+From curl E = i k0 H and curl H = -i k0 eps E:
+
+* TE (Ey, Hx, Hz):  Hx = (i / k0) dEy/dz,  Hz = neff Ey;  Re(E x H*)_x = Re(neff) |Ey|^2;
+* TM (Hy, Ex, Ez):  Ex = -(i / (k0 eps)) dHy/dz,  Ez = -(neff / eps) Hy;
+  Re(E x H*)_x = -Re(Ez Hy*) = Re(neff / eps) |Hy|^2.
+
+Both are positive for a forward mode in a lossless dielectric. In layer j (thickness d, bottom
+at z_j, kz = k0 sqrt(eps_j - neff^2) with Im kz >= 0) the field is written in the bounded basis
+``psi = A exp(i kz s) + B exp(i kz (d - s))``, s = z - z_j, so that every integral
+int |psi|^2, int |dpsi/dz|^2, int psi^2 is a closed-form sum of exponentials without overflow;
+the cladding tails ``C exp(-i kz_s z)`` (z < 0) and ``C exp(i kz_c (z - z_top))`` are integrated
+to infinity in closed form. The coefficients come from two-sided shooting (bottom-up and
+top-down, joined at the interface where the mode is largest), which stays accurate for modes
+localised anywhere in the stack (e.g. the Ag/Si plasmon under 440 nm of dielectrics).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .modes import _Ctx, _ctx, _expm1_pair, _sqrt_proper, _sqrt_sheet
+
+__all__ = ["Confinement", "confinement", "gain_overlap", "mode_profile"]
+
+
+class _ModeLike(Protocol):
+    neff: complex
+    polarization: str
+    kz_branch: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Coef:
+    """Field coefficients of one mode (psi = Ey for TE, Hy for TM)."""
+
+    ctx: _Ctx
+    neff: complex
+    tm: bool
+    kz: np.ndarray  # (L+2,) 1/nm: claddings on the mode's sheets, layers with Im >= 0
+    z: np.ndarray  # (L+1,) interface positions, nm
+    A: np.ndarray  # (L,) up-going amplitude at the layer bottom
+    B: np.ndarray  # (L,) down-going amplitude at the layer top
+    Cs: complex  # substrate amplitude at z = 0
+    Cc: complex  # superstrate amplitude at z_top
+    p: np.ndarray  # (L+2,) 1 (TE) or eps (TM)
+
+
+def _mode_sheets(mode: _ModeLike) -> tuple[bool, bool, bool]:
+    br = getattr(mode, "kz_branch", None) or {}
+    return (mode.polarization.upper() == "TM", br.get("substrate") == "outgoing",
+            br.get("superstrate") == "outgoing")
+
+
+def _coefficients(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool) -> _Coef:
+    eps, kd, k0 = ctx.eps, ctx.kd, ctx.k0
+    L = kd.size
+    nn = neff * neff
+    kap = np.empty(L + 2, dtype=complex)
+    kap[0] = _sqrt_sheet(eps[0] - nn, out_s)
+    kap[-1] = _sqrt_sheet(eps[-1] - nn, out_c)
+    kap[1:-1] = _sqrt_proper(eps[1:-1] - nn)
+    p = eps.copy() if tm else np.ones_like(eps)
+    theta = kap[1:-1] * kd
+    em1, g = _expm1_pair(2j * theta)
+    g = g * kd
+    ct = 1.0 + 0.5 * em1
+    # bottom-up: u_b[j] * exp(S_b[j]) = (psi, phi) at interface j (phi = dpsi/dzeta / p)
+    ub = np.empty((L + 1, 2), dtype=complex)
+    Sb = np.zeros(L + 1, dtype=complex)
+    v = np.array([1.0, -1j * kap[0] / p[0]])
+    ub[0], Sb[0] = _unit(v)
+    for j in range(L):
+        pj, k2 = p[j + 1], kap[j + 1] ** 2
+        w = np.array([ct[j] * ub[j, 0] + pj * g[j] * ub[j, 1],
+                      -k2 * g[j] / pj * ub[j, 0] + ct[j] * ub[j, 1]])
+        ub[j + 1], s = _unit(w)
+        Sb[j + 1] = Sb[j] + s - 1j * theta[j]
+    ut = np.empty((L + 1, 2), dtype=complex)
+    St = np.zeros(L + 1, dtype=complex)
+    v = np.array([1.0, 1j * kap[-1] / p[-1]])
+    ut[L], St[L] = _unit(v)
+    for j in range(L - 1, -1, -1):
+        pj, k2 = p[j + 1], kap[j + 1] ** 2
+        w = np.array([ct[j] * ut[j + 1, 0] - pj * g[j] * ut[j + 1, 1],
+                      k2 * g[j] / pj * ut[j + 1, 0] + ct[j] * ut[j + 1, 1]])
+        ut[j], s = _unit(w)
+        St[j] = St[j + 1] + s - 1j * theta[j]
+    m = int(np.argmax((Sb + St).real))
+    overlap = np.vdot(ut[m], ub[m]) / np.vdot(ut[m], ut[m]).real
+    logscale = np.log(overlap + 0j) + Sb[m] - St[m]
+    logs = np.where(np.arange(L + 1) <= m, Sb, St + logscale)
+    vec = np.where((np.arange(L + 1) <= m)[:, None], ub, ut)
+    logs = logs - logs.real.max()
+    states = vec * np.exp(logs)[:, None]  # (psi, phi) at each interface, O(1)
+    A = np.empty(L, dtype=complex)
+    B = np.empty(L, dtype=complex)
+    for j in range(L):
+        q = kap[j + 1] / p[j + 1]
+        A[j] = 0.5 * (states[j, 0] + states[j, 1] / (1j * q))
+        B[j] = 0.5 * (states[j + 1, 0] - states[j + 1, 1] / (1j * q))
+    z = np.concatenate([[0.0], np.cumsum(kd / k0)])
+    return _Coef(ctx=ctx, neff=complex(neff), tm=tm, kz=k0 * kap, z=z, A=A, B=B,
+                 Cs=complex(states[0, 0]), Cc=complex(states[L, 0]), p=p)
+
+
+def _unit(v: np.ndarray) -> tuple[np.ndarray, complex]:
+    nrm = float(np.abs(v).max())
+    return v / nrm, complex(math.log(nrm))
+
+
+def _coef_for(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike) -> _Coef:
+    ctx = _ctx(n, d_nm, wavelength_nm)
+    return _coefficients(ctx, complex(mode.neff), *_mode_sheets(mode))
+
+
+def _psi(c: _Coef, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """psi, dpsi/dz (1/nm) and the medium index at every z (an interface is in the upper one)."""
+    z = np.asarray(z, dtype=float)
+    med = np.searchsorted(c.z, z, side="right")  # 0 substrate, j layer j, L+1 superstrate
+    psi = np.zeros(z.shape, dtype=complex)
+    dpsi = np.zeros(z.shape, dtype=complex)
+    L = c.A.size
+    with np.errstate(all="ignore"):
+        sel = med == 0
+        e = c.Cs * np.exp(-1j * c.kz[0] * z[sel])
+        psi[sel], dpsi[sel] = e, -1j * c.kz[0] * e
+        sel = med == L + 1
+        e = c.Cc * np.exp(1j * c.kz[-1] * (z[sel] - c.z[-1]))
+        psi[sel], dpsi[sel] = e, 1j * c.kz[-1] * e
+        for j in range(1, L + 1):
+            sel = med == j
+            if not sel.any():
+                continue
+            k, d = c.kz[j], c.z[j] - c.z[j - 1]
+            s = z[sel] - c.z[j - 1]
+            up = c.A[j - 1] * np.exp(1j * k * s)
+            dn = c.B[j - 1] * np.exp(1j * k * (d - s))
+            psi[sel], dpsi[sel] = up + dn, 1j * k * (up - dn)
+    return psi, dpsi, med
+
+
+def mode_profile(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike,
+                 z_nm: np.ndarray) -> dict[str, Any]:
+    """Field profile of ``mode`` on ``z_nm`` (nm; z = 0 at the substrate top, may extend into
+    both claddings; a point on an interface is assigned to the upper medium).
+
+    Returns a dict with ``z_nm``, ``medium`` (index into the media array), the field components
+    (TE: ``Ey``, ``Hx``, ``Hz``; TM: ``Hy``, ``Ex``, ``Ez``), ``E_abs2`` = |E|^2 and
+    ``Sx`` = Re(E x H*)_x. Fields are scaled so that max |E| over ``z_nm`` is 1, with the
+    dominant E component real and positive there.
+    """
+    c = _coef_for(n, d_nm, wavelength_nm, mode)
+    z = np.asarray(z_nm, dtype=float)
+    psi, dpsi, med = _psi(c, z)
+    k0, neff = c.ctx.k0, c.neff
+    if c.tm:
+        eps = c.ctx.eps[med]
+        comps = {"Hy": psi, "Ex": -1j * dpsi / (k0 * eps), "Ez": -neff * psi / eps}
+        e_names = ("Ex", "Ez")
+    else:
+        comps = {"Ey": psi, "Hx": 1j * dpsi / k0, "Hz": neff * psi}
+        e_names = ("Ey",)
+    e2 = sum(np.abs(comps[k]) ** 2 for k in e_names)
+    imax = int(np.argmax(e2)) if z.size else 0
+    if z.size and e2[imax] > 0:
+        dom = max(e_names, key=lambda k: abs(comps[k][imax]))
+        ph = comps[dom][imax] / abs(comps[dom][imax])
+        scale = 1.0 / (math.sqrt(e2[imax]) * ph)
+        comps = {k: v * scale for k, v in comps.items()}
+        e2 = e2 / e2[imax]
+    if c.tm:
+        sx = (-(comps["Ez"] * np.conj(comps["Hy"]))).real
+    else:
+        sx = (comps["Ey"] * np.conj(comps["Hz"])).real
+    return {"z_nm": z, "medium": med, **comps, "E_abs2": e2, "Sx": sx,
+            "neff": neff, "polarization": "TM" if c.tm else "TE"}
+
+
+# --------------------------------------------------------------------------- closed-form integrals
+
+
+def _int_abs2(A: complex, B: complex, k: complex, d: float) -> float:
+    """int_0^d |A e^{iks} + B e^{ik(d-s)}|^2 ds (Im k >= 0)."""
+    ki, kr = k.imag, k.real
+    f = d if ki * d < 1e-12 else -math.expm1(-2 * ki * d) / (2 * ki)
+    cross = 2.0 * math.exp(-ki * d) * d * float(np.sinc(kr * d / math.pi)) * (A * np.conj(B)).real
+    return (abs(A) ** 2 + abs(B) ** 2) * f + cross
+
+
+def _int_sq(A: complex, B: complex, k: complex, d: float) -> complex:
+    """int_0^d (A e^{iks} + B e^{ik(d-s)})^2 ds (non-conjugated)."""
+    _, g = _expm1_pair(np.array([2j * k * d]))
+    return complex((A * A + B * B) * d * g[0] + 2 * A * B * d * np.exp(1j * k * d))
+
+
+def _tail_abs2(C: complex, k: complex, window: float) -> tuple[float, bool]:
+    """int_0^inf |C e^{iks}|^2 ds if Im k > 0, else int_0^window (flagged)."""
+    ki = k.imag
+    if ki > 0:
+        return abs(C) ** 2 / (2 * ki), True
+    g = -ki
+    val = window if g * window < 1e-12 else math.expm1(2 * g * window) / (2 * g)
+    return abs(C) ** 2 * val, False
+
+
+def _layer_terms(c: _Coef, window: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per medium: int |E|^2 dz, int Re(E x H*)_x dz, and the claddings with truncated tails."""
+    L = c.A.size
+    k0, neff, eps = c.ctx.k0, c.neff, c.ctx.eps
+    e_int = np.zeros(L + 2)
+    s_int = np.zeros(L + 2)
+    truncated = []
+    for j in range(L + 2):
+        k = c.kz[j]
+        if j in (0, L + 1):
+            C = c.Cs if j == 0 else c.Cc
+            # substrate C e^{-ik z} (z < 0) is C e^{iks} with s = -z > 0, like the superstrate
+            a2, ok = _tail_abs2(C, k, window)
+            if not ok:
+                truncated.append("substrate" if j == 0 else "superstrate")
+            d2 = abs(k) ** 2 * a2
+        else:
+            d = c.z[j] - c.z[j - 1]
+            a2 = _int_abs2(c.A[j - 1], c.B[j - 1], k, d)
+            d2 = abs(k) ** 2 * _int_abs2(c.A[j - 1], -c.B[j - 1], k, d)
+        if c.tm:
+            e_int[j] = (d2 / k0**2 + abs(neff) ** 2 * a2) / abs(eps[j]) ** 2
+            s_int[j] = (neff / eps[j]).real * a2
+        else:
+            e_int[j] = a2
+            s_int[j] = neff.real * a2
+    return e_int, s_int, truncated
+
+
+class Confinement(tuple):
+    """``(gamma_E, gamma_P)`` per medium (arrays of shape (L+2,)), with diagnostics.
+
+    Attributes: ``tails_finite`` (both cladding fields decay, tails integrated to infinity),
+    ``truncated`` (claddings whose field does not decay -- leaky sheet -- and whose tail was
+    integrated only over ``window_nm`` from the interface; the gammas are then window-dependent)
+    and ``window_nm``.
+    """
+
+    tails_finite: bool
+    truncated: tuple[str, ...]
+    window_nm: float
+
+    def __new__(cls, gamma_e: np.ndarray, gamma_p: np.ndarray, truncated: tuple[str, ...],
+                window_nm: float) -> Confinement:
+        obj = super().__new__(cls, (gamma_e, gamma_p))
+        obj.truncated = truncated
+        obj.tails_finite = not truncated
+        obj.window_nm = window_nm
+        return obj
+
+    @property
+    def gamma_E(self) -> np.ndarray:  # noqa: N802 - physics name
+        return self[0]
+
+    @property
+    def gamma_P(self) -> np.ndarray:  # noqa: N802 - physics name
+        return self[1]
+
+
+def confinement(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike,
+                window_nm: float | None = None) -> Confinement:
+    """Confinement factors of ``mode`` in every medium (substrate, layers, superstrate).
+
+    gamma_E[j] = int_j |E|^2 / int_all |E|^2 (sums to 1);
+    gamma_P[j] = Re(n_j) int_j |E|^2 / int_all Re(E x H*)_x dz.
+    All integrals are closed form; tails to infinity. If a cladding field does not decay (leaky
+    sheet, Im kz <= 0) its tail is integrated over ``window_nm`` (default: one wavelength) and the
+    result is flagged (``tails_finite`` False, ``truncated`` names the cladding).
+    """
+    c = _coef_for(n, d_nm, wavelength_nm, mode)
+    window = float(wavelength_nm if window_nm is None else window_nm)
+    e_int, s_int, truncated = _layer_terms(c, window)
+    gamma_e = e_int / e_int.sum()
+    nre = np.sqrt(c.ctx.eps).real
+    gamma_p = nre * e_int / s_int.sum()
+    return Confinement(gamma_e, gamma_p, tuple(truncated), window)
+
+
+def gain_overlap(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
+                 mode: _ModeLike) -> np.ndarray:
+    """Exact first-order gain response -d(alpha)/dg of every medium (shape (L+2,)).
+
+    A material gain g (cm^-1) added to medium j (Delta k = -g lambda / 4 pi) changes the modal
+    loss by Delta alpha = -gain_overlap[j] g + O(g^2). From the complex-symmetric variational
+    form (no complex conjugates): TE  d(neff^2) = int d(eps) Ey^2 / int Ey^2;
+    TM  d(neff^2) = int d(eps) (Ez^2 - Ex^2) / int Hy^2 / eps. Tails use the analytic
+    continuation int_0^inf e^{2iks} ds = i / 2k (also for leaky sheets). gamma_P is the
+    real-field approximation of this quantity.
+    """
+    c = _coef_for(n, d_nm, wavelength_nm, mode)
+    L = c.A.size
+    k0, neff, eps = c.ctx.k0, c.neff, c.ctx.eps
+    num = np.zeros(L + 2, dtype=complex)
+    den = 0j
+    for j in range(L + 2):
+        k = c.kz[j]
+        if j in (0, L + 1):
+            C = c.Cs if j == 0 else c.Cc
+            s2 = C * C * 1j / (2 * k)
+            ds2 = -(k * k) * s2
+        else:
+            d = c.z[j] - c.z[j - 1]
+            s2 = _int_sq(c.A[j - 1], c.B[j - 1], k, d)
+            ds2 = -(k * k) * _int_sq(c.A[j - 1], -c.B[j - 1], k, d)
+        if c.tm:
+            ez2 = neff**2 * s2 / eps[j] ** 2
+            ex2 = -ds2 / (k0**2 * eps[j] ** 2)
+            num[j] = ez2 - ex2
+            den += s2 / eps[j]
+        else:
+            num[j] = s2
+            den += s2
+    nj = np.sqrt(eps)
+    return (nj * num / (neff * den)).real

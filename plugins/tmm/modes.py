@@ -1,0 +1,842 @@
+"""Guided modes of a planar multilayer: global complex root finding on the TMM dispersion function.
+
+Pure-numpy kernels (inputs are arrays, no Stack objects). Conventions (docs/conventions.md):
+
+* time dependence exp(-i omega t); complex index N = n + i k with k > 0 absorbing; eps = N**2;
+* z = 0 at the substrate top; media ``n = [substrate, layer_1 (bottom) .. layer_L, superstrate]``,
+  thicknesses ``d_nm = [d_1 .. d_L]``; vacuum wavelength in nm, k0 = 2 pi / lambda;
+* fields ~ exp(i (beta x - omega t)), ``neff = beta / k0`` with Im(neff) >= 0 for a decaying mode,
+  ``alpha_cm = 4 pi Im(neff) / lambda`` (intensity attenuation, lambda in cm);
+* TE: psi = Ey; TM: psi = Hy (vacuum impedance 1).
+
+Dispersion function
+-------------------
+With zeta = k0 z, kappa_j = sqrt(eps_j - neff**2), p_j = 1 (TE) or eps_j (TM), psi and
+phi = (1/p) dpsi/dzeta are continuous at every interface; a layer maps (psi, phi) by
+``[[cos t, p sin t / kappa], [-kappa sin t / p, cos t]]`` with t = kappa k0 d: an entire function of
+kappa**2, hence of neff (no branch cut, no pole from any layer). The substrate field is
+psi = exp(-i kappa_s zeta) (z < 0), the superstrate field psi = exp(+i kappa_c (zeta - zeta_top)),
+and the mode condition is::
+
+    f(neff) = phi_top - i (kappa_c / p_c) psi_top = 0,   (psi, phi)_0 = (1, -i kappa_s / p_s).
+
+f is evaluated stably as ``log f``: each layer matrix is applied as exp(-i t) * Mtilde with
+Im t >= 0, so Mtilde only contains the bounded exp(2 i t), the factor exp(-i t) is added to the
+logarithm and the state vector is renormalised after every layer. Because f is even in every
+layer kappa, the pointwise branch choice for the layers is exact; nothing ever overflows.
+
+Cladding branches (Riemann sheets)
+----------------------------------
+``proper``: Im kappa_c >= 0 (field decays away from the stack); ``outgoing``: Re kappa_c >= 0
+(power leaves the stack; principal square root). Both agree just above the real neff axis of the
+physical problem. The search rectangle is split at Re(neff) = Re(N_c) for every cladding whose
+index lies inside it (e.g. Si under a 100 nm Ag mirror): left of the line the cladding uses the
+``outgoing`` sheet (the branch continuous from the physical radiation condition: substrate
+radiating modes), right of it the ``proper`` sheet (evanescent, bound). On each sub-rectangle f is
+then analytic with no pole, so the argument principle counts exactly the modes.
+
+Root finding
+------------
+Argument principle on rectangles: the unwrapped phase of f along each edge is sampled adaptively
+(phase step < 0.5 rad and log|f| step < 1 between samples), rectangles are subdivided until they
+hold at most 3 zeros, the zeros are estimated from contour moments (Delves-Lyness) and polished by
+Newton's method; a rectangle is accepted only when as many distinct converged roots lie inside as
+its winding number says. All evaluations are vectorised over points, polarizations and sheets.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+__all__ = [
+    "Mode",
+    "SearchRegion",
+    "continue_modes",
+    "count_modes",
+    "dispersion_log",
+    "find_modes",
+    "search_region",
+]
+
+_PH_MAX = 0.5  # max phase step between edge samples (rad)
+_MAG_MAX = 1.0  # max step of log|f| between edge samples
+_MAX_DL = 3  # largest zero count solved directly from contour moments
+_N0 = 8  # initial intervals per edge
+_MAX_LEVELS = 60
+_EDGE_MARGIN = 1e-5  # distance of the search rectangle from a cladding branch point
+
+
+# --------------------------------------------------------------------------- data classes
+
+
+@dataclass(frozen=True)
+class SearchRegion:
+    """Rectangle of the complex neff plane searched for modes.
+
+    ``splits`` are the Re(N_c) of claddings whose branch point lies inside the rectangle; left of
+    such a line that cladding uses the outgoing sheet, right of it the proper one.
+    """
+
+    re_min: float
+    re_max: float
+    im_min: float
+    im_max: float
+    splits: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One guided (or leaky) mode at one wavelength.
+
+    ``kz_branch`` maps "substrate"/"superstrate" to the sheet used ("proper": Im kz >= 0,
+    "outgoing": Re kz >= 0) and ``kz_cladding`` gives kz = k0 sqrt(N_c**2 - neff**2) on that sheet
+    (1/nm). ``kind_branch`` is "bound", "substrate-radiating" or "leaky" (docs/conventions.md),
+    ``kind_material`` "photonic" or "plasmonic". ``label``: TE0, TE1.. / TM0.. for photonic
+    non-leaky modes (highest Re neff first), SPP0.. for plasmonic non-leaky modes, with a
+    "-leaky" infix for leaky ones (e.g. "TE-leaky0", "SPP-leaky1").
+    """
+
+    neff: complex
+    polarization: str
+    wavelength_nm: float
+    alpha_cm: float
+    kind_material: str
+    kind_branch: str
+    kz_branch: dict[str, str]
+    kz_cladding: dict[str, complex]
+    label: str = ""
+
+
+# --------------------------------------------------------------------------- dispersion function
+
+
+def _sqrt_sheet(w: np.ndarray, outgoing: np.ndarray | bool) -> np.ndarray:
+    """sqrt(w) on the outgoing (Re >= 0) or proper (Im >= 0) sheet."""
+    s = np.sqrt(w)
+    proper = np.where(s.imag < 0, -s, s)
+    return np.where(outgoing, s, proper)
+
+
+def _sqrt_proper(w: np.ndarray) -> np.ndarray:
+    """sqrt(w) with Im >= 0 (i * principal sqrt(-w))."""
+    return 1j * np.sqrt(-w)
+
+
+def _expm1_pair(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(exp(x) - 1, (exp(x) - 1) / x), the latter accurate near x = 0."""
+    em1 = np.expm1(x)
+    with np.errstate(all="ignore"):
+        g = em1 / x
+    small = np.abs(x) < 1e-4
+    if small.any():
+        xs = x[small]
+        g[small] = 1 + xs * (0.5 + xs * (1 / 6 + xs / 24))
+    return em1, g
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    eps: np.ndarray  # (L+2,) complex permittivities
+    kd: np.ndarray  # (L,) k0 * d
+    k0: float
+
+
+def _ctx(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float) -> _Ctx:
+    n = np.asarray(n, dtype=complex).ravel()
+    d = np.asarray(d_nm, dtype=float).ravel()
+    if n.size != d.size + 2:
+        raise ValueError(f"n has {n.size} media but d_nm has {d.size} layers (need L+2 and L)")
+    if not (np.isfinite(wavelength_nm) and wavelength_nm > 0):
+        raise ValueError("wavelength_nm must be > 0")
+    k0 = 2 * math.pi / float(wavelength_nm)
+    return _Ctx(eps=n * n, kd=k0 * d, k0=k0)
+
+
+def _log_f(ctx: _Ctx, neff: np.ndarray, tm: bool, out_s: bool, out_c: bool) -> np.ndarray:
+    """log of the dispersion function (see module docstring), vectorised over points.
+
+    ``tm``: TM polarization; ``out_s``/``out_c``: outgoing sheet for the substrate/superstrate
+    (else proper).
+    """
+    neff = np.asarray(neff, dtype=complex)
+    nn = neff * neff
+    eps = ctx.eps
+    p = eps if tm else np.ones_like(eps)
+    with np.errstate(all="ignore"):
+        psi = np.ones_like(nn)
+        phi = (-1j / p[0]) * _sqrt_sheet(eps[0] - nn, out_s)
+        logs = np.zeros_like(nn)
+        tsum = np.zeros_like(nn)
+        for j, kd in enumerate(ctx.kd, start=1):
+            kap2 = eps[j] - nn
+            theta = kd * _sqrt_proper(kap2)
+            em1, g = _expm1_pair(2j * theta)
+            g *= kd
+            ct = 1.0 + 0.5 * em1
+            pj = p[j]
+            psi, phi = ct * psi + (pj * g) * phi, (-g / pj) * kap2 * psi + ct * phi
+            tsum += theta
+            if j % 16 == 0:
+                nrm = np.abs(psi) + np.abs(phi)
+                psi /= nrm
+                phi /= nrm
+                logs += np.log(nrm)
+        ft = phi - (1j / p[-1]) * _sqrt_sheet(eps[-1] - nn, out_c) * psi
+        return np.log(ft) + logs - 1j * tsum
+
+
+def dispersion_log(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polarization: str,
+                   neff: np.ndarray, substrate_branch: str = "proper",
+                   superstrate_branch: str = "proper") -> np.ndarray:
+    """log f(neff) of the dispersion function (module docstring), for any array of neff.
+
+    The imaginary part is the phase of f modulo 2 pi. Branches: "proper" or "outgoing".
+    """
+    ctx = _ctx(n, d_nm, wavelength_nm)
+    tm = _is_tm(polarization)
+    return _log_f(ctx, np.asarray(neff, dtype=complex), tm, substrate_branch == "outgoing",
+                  superstrate_branch == "outgoing")
+
+
+def _is_tm(polarization: str) -> bool:
+    pol = polarization.upper()
+    if pol not in ("TE", "TM"):
+        raise ValueError(f"polarization must be 'TE' or 'TM', got {polarization!r}")
+    return pol == "TM"
+
+
+# --------------------------------------------------------------------------- search region
+
+
+def _spp_estimates(eps: np.ndarray, kd: np.ndarray) -> np.ndarray:
+    """Rough neff of every surface/film plasmon the stack can carry (for the search bounds).
+
+    Single interfaces: sqrt(e1 e2 / (e1 + e2)); a layer between media of the opposite sign of
+    Re eps (thin metal film or dielectric gap): the short-range / gap-plasmon asymptote
+    neff**2 ~ e_d + (2 e_d / (|e_m| k0 d))**2.
+    """
+    est: list[complex] = []
+    for a, b in zip(eps[:-1], eps[1:], strict=True):
+        if a.real * b.real < 0:
+            s = a + b
+            if abs(s) < 1e-3 * max(abs(a), abs(b)):
+                s = 1e-3 * max(abs(a), abs(b))
+            est.append(complex(np.sqrt(a * b / s)))
+    for j in range(1, eps.size - 1):
+        ej, nbrs = eps[j], (eps[j - 1], eps[j + 1])
+        opp = [e for e in nbrs if e.real * ej.real < 0]
+        if not opp:
+            continue
+        if ej.real < 0:
+            ed, em = max(e.real for e in opp), abs(ej)
+        else:
+            ed, em = ej.real, min(abs(e) for e in opp)
+        est.append(complex(np.sqrt(ed + (2 * ed / (em * kd[j - 1])) ** 2 + 0j)))
+    return np.asarray(est, dtype=complex)
+
+
+def search_region(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
+                  im_min: float = -0.05) -> SearchRegion:
+    """Default search rectangle for :func:`find_modes`.
+
+    Re(neff) from the largest Re(N) of the claddings that are dielectric and not shielded by an
+    adjacent metal (Re eps < 0) -- or, when all dielectric claddings are shielded, from the
+    smallest of them -- plus a 1e-5 margin, up to 1.25 x the largest of (|N| of every medium,
+    plasmon estimates) + 0.5. Im(neff) from ``im_min`` (< 0 so that lossless and amplifying
+    modes are inside) to max(1, 1.5 max Im(plasmon estimate) + 0.25).
+    """
+    ctx = _ctx(n, d_nm, wavelength_nm)
+    eps = ctx.eps
+    nidx = np.sqrt(eps)
+    clad = [0, eps.size - 1]
+    radiating = [c for c in clad if eps[c].real > 0]
+    unshielded = [c for c in radiating if eps[c - 1 if c else 1].real > 0]
+    if unshielded:
+        lo = max(nidx[c].real for c in unshielded)
+    elif radiating:
+        lo = min(nidx[c].real for c in radiating)
+    else:
+        lo = 0.0
+    lo = max(lo, 1e-3) + _EDGE_MARGIN
+    est = _spp_estimates(eps, ctx.kd)
+    top = max([abs(x) for x in nidx] + [abs(x.real) for x in est])
+    hi = 1.25 * top + 0.5
+    im_hi = max(1.0, 1.5 * max([abs(x.imag) for x in est], default=0.0) + 0.25)
+    splits = tuple(sorted({float(nidx[c].real) for c in radiating
+                           if lo < nidx[c].real < hi}))
+    return SearchRegion(re_min=float(lo), re_max=float(hi), im_min=float(im_min),
+                        im_max=float(im_hi), splits=splits)
+
+
+def _parts(region: SearchRegion, eps: np.ndarray) -> list[tuple[float, float, bool, bool]]:
+    """Sub-rectangles (x0, x1, out_s, out_c) with one analytic sheet each."""
+    xs = [region.re_min, *[s for s in region.splits if region.re_min < s < region.re_max],
+          region.re_max]
+    nre = np.sqrt(eps).real
+    parts = []
+    for x0, x1 in zip(xs[:-1], xs[1:], strict=True):
+        xm = 0.5 * (x0 + x1)
+        out_s = bool(eps[0].real > 0 and nre[0] > xm)
+        out_c = bool(eps[-1].real > 0 and nre[-1] > xm)
+        parts.append((x0, x1, out_s, out_c))
+    return parts
+
+
+# --------------------------------------------------------------------------- contour machinery
+
+
+class _Edge:
+    """Straight segment sampled at points ``z`` (canonical direction) with values ``L`` = log f."""
+
+    __slots__ = ("L", "_dL", "key", "singular", "z")
+
+    def __init__(self, z: np.ndarray, key: int) -> None:
+        self.z = z
+        self.key = key
+        self.L = np.empty(0, dtype=complex)
+        self.singular = False
+        self._dL: np.ndarray | None = None
+
+    def dL(self) -> np.ndarray:
+        """Steps of log f between samples, phase wrapped to (-pi, pi]."""
+        if self._dL is None:
+            d = np.diff(self.L)
+            self._dL = d.real + 1j * (np.mod(d.imag + np.pi, 2 * np.pi) - np.pi)
+        return self._dL
+
+    def phase(self) -> float:
+        return float(self.dL().imag.sum())
+
+    def moments(self, c: complex, r: float, kmax: int) -> np.ndarray:
+        w = (0.5 * (self.z[1:] + self.z[:-1]) - c) / r
+        dL = self.dL()
+        return np.array([np.sum(w**k * dL) for k in range(kmax + 1)])
+
+
+class _Evaluator:
+    """Batched evaluation of log f for (point, problem) pairs; counts calls and points."""
+
+    def __init__(self, ctx: _Ctx, problems: list[tuple[bool, bool, bool]]) -> None:
+        self.ctx = ctx
+        arr = np.array(problems, dtype=bool).reshape(-1, 3)
+        self.tm, self.out_s, self.out_c = arr[:, 0], arr[:, 1], arr[:, 2]
+        self.calls = 0
+        self.points = 0
+
+    def __call__(self, z: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.points += z.size
+        if z.size == 0:
+            return np.empty(0, dtype=complex)
+        out = np.empty(z.size, dtype=complex)
+        for k in np.unique(keys):
+            sel = keys == k
+            out[sel] = _log_f(self.ctx, z[sel], bool(self.tm[k]), bool(self.out_s[k]),
+                              bool(self.out_c[k]))
+        return out
+
+
+def _eval_new_edges(ev: _Evaluator, edges: list[_Edge]) -> None:
+    if not edges:
+        return
+    z = np.concatenate([e.z for e in edges])
+    k = np.repeat([e.key for e in edges], [e.z.size for e in edges])
+    L = ev(z, k)
+    i = 0
+    for e in edges:
+        e.L = L[i:i + e.z.size]
+        e._dL = None
+        i += e.z.size
+
+
+def _smooth(d: np.ndarray) -> np.ndarray:
+    """Steps of log f small enough to unwrap: |phase| <= _PH_MAX and |log|f|| <= _MAG_MAX."""
+    ph = np.mod(d.imag + np.pi, 2 * np.pi) - np.pi
+    return (np.abs(ph) <= _PH_MAX) & (np.abs(d.real) <= _MAG_MAX) & np.isfinite(d)
+
+
+def _refine_edges(ev: _Evaluator, edges: list[_Edge], min_len: float) -> None:
+    """Bisect sample intervals until each one is verified smooth.
+
+    An interval is accepted only when it and both of its halves are smooth (phase step
+    <= 0.5 rad, log|f| step <= 1): the midpoint probe catches steps that alias by 2 pi. All edges
+    are refined together on flat arrays (one evaluation call per pass). Edges where a rough
+    step survives down to ``min_len`` (a zero on the edge) are flagged ``singular``.
+    """
+    if not edges:
+        return
+    sizes = np.array([e.z.size for e in edges])
+    Z = np.concatenate([e.z for e in edges])
+    Lv = np.concatenate([e.L for e in edges])
+    eid = np.repeat(np.arange(len(edges)), sizes)
+    key = np.repeat([e.key for e in edges], sizes)
+    ok = np.zeros(Z.size - 1, dtype=bool)  # interval i = (i, i+1) accepted
+    ok[eid[1:] != eid[:-1]] = True  # gaps between edges
+    sing = np.zeros(len(edges), dtype=bool)
+    while True:
+        idx = np.nonzero(~ok)[0]
+        small = np.abs(Z[idx + 1] - Z[idx]) <= min_len
+        if small.any():
+            tiny = idx[small]
+            sing[eid[tiny[~_smooth(Lv[tiny + 1] - Lv[tiny])]]] = True
+            ok[tiny] = True
+            idx = idx[~small]
+        if idx.size == 0:
+            break
+        zm = 0.5 * (Z[idx] + Z[idx + 1])
+        Lm = ev(zm, key[idx])
+        good = _smooth(Lv[idx + 1] - Lv[idx]) & _smooth(Lm - Lv[idx]) & _smooth(Lv[idx + 1] - Lm)
+        Z = np.insert(Z, idx + 1, zm)
+        Lv = np.insert(Lv, idx + 1, Lm)
+        eid = np.insert(eid, idx + 1, eid[idx])
+        key = np.insert(key, idx + 1, key[idx])
+        # interval idx becomes two halves (positions shift by the earlier insertions)
+        pos = idx + np.arange(idx.size)
+        ok = np.insert(ok, idx + 1, good)
+        ok[pos] = good
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(eid)) + 1, [eid.size]])
+    for i, e in enumerate(edges):
+        e.z = Z[bounds[i]:bounds[i + 1]]
+        e.L = Lv[bounds[i]:bounds[i + 1]]
+        e._dL = None
+        e.singular = e.singular or bool(sing[i])
+
+
+@dataclass
+class _Rect:
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    key: int
+    bottom: _Edge  # left -> right
+    right: _Edge  # bottom -> top
+    top: _Edge  # left -> right
+    left: _Edge  # bottom -> top
+    count: int = 0
+
+    def winding(self) -> float:
+        ph = self.bottom.phase() + self.right.phase() - self.top.phase() - self.left.phase()
+        return ph / (2 * math.pi)
+
+    def center(self) -> complex:
+        return complex(0.5 * (self.x0 + self.x1), 0.5 * (self.y0 + self.y1))
+
+    def radius(self) -> float:
+        return 0.5 * math.hypot(self.x1 - self.x0, self.y1 - self.y0)
+
+    def moments(self, kmax: int) -> np.ndarray:
+        c, r = self.center(), self.radius()
+        m = (self.bottom.moments(c, r, kmax) + self.right.moments(c, r, kmax)
+             - self.top.moments(c, r, kmax) - self.left.moments(c, r, kmax))
+        return m / (2j * math.pi)
+
+    def contains(self, z: complex, tol: float) -> bool:
+        return (self.x0 - tol <= z.real <= self.x1 + tol
+                and self.y0 - tol <= z.imag <= self.y1 + tol)
+
+    def singular(self) -> bool:
+        return any(e.singular for e in (self.bottom, self.right, self.top, self.left))
+
+
+_T = np.linspace(0.0, 1.0, _N0 + 1)
+_H0 = 0.1  # initial sample spacing along Re(neff): 2 |im_min| with the default im_min
+
+
+def _line(z0: complex, z1: complex, key: int) -> _Edge:
+    return _Edge(z0 + (z1 - z0) * _T, key)
+
+
+def _grid(x0: float, x1: float, y0: float, y1: float, key: int, cell: float
+          ) -> tuple[list[_Rect], list[_Edge]]:
+    """nx x ny rectangles covering [x0,x1]x[y0,y1] with shared edges.
+
+    Horizontal edges start with samples every <= _H0 (roots may sit on the real axis, only
+    |im_min| below the bottom edge), vertical ones with _N0 intervals.
+    """
+    nx = max(1, math.ceil((x1 - x0) / cell))
+    ny = max(1, math.ceil((y1 - y0) / cell))
+    xs = np.linspace(x0, x1, nx + 1)
+    ys = np.linspace(y0, y1, ny + 1)
+    th = np.linspace(0.0, 1.0, max(_N0, math.ceil((x1 - x0) / nx / _H0)) + 1)
+    hz = (xs[:-1, None] + np.diff(xs)[:, None] * th)[None, :, :] + 1j * ys[:, None, None]
+    vz = xs[:, None, None] + 1j * (ys[:-1, None] + np.diff(ys)[:, None] * _T)[None, :, :]
+    h = [[_Edge(hz[j, i], key) for i in range(nx)] for j in range(ny + 1)]
+    v = [[_Edge(vz[i, j], key) for j in range(ny)] for i in range(nx + 1)]
+    rects = [_Rect(xs[i], xs[i + 1], ys[j], ys[j + 1], key, h[j][i], v[i + 1][j], h[j + 1][i],
+                   v[i][j]) for i in range(nx) for j in range(ny)]
+    edges = [e for row in h for e in row] + [e for col in v for e in col]
+    return rects, edges
+
+
+def _cut_edge(e: _Edge, zm: complex, Lm: complex, horizontal: bool) -> tuple[_Edge, _Edge]:
+    """Split edge at the point zm (value Lm) into its two halves."""
+    t = e.z.real if horizontal else e.z.imag
+    tm = zm.real if horizontal else zm.imag
+    tol = 1e-13 * max(1.0, abs(tm))
+    lo = t < tm - tol
+    hi = t > tm + tol
+    a = _Edge(np.concatenate([e.z[lo], [zm]]), e.key)
+    a.L = np.concatenate([e.L[lo], [Lm]])
+    b = _Edge(np.concatenate([[zm], e.z[hi]]), e.key)
+    b.L = np.concatenate([[Lm], e.L[hi]])
+    a.singular = b.singular = e.singular
+    return a, b
+
+
+def _split(rect: _Rect, frac: float) -> tuple[list[_Rect], _Edge]:
+    """Cut a rectangle across its longer side at fraction ``frac``; children and the new edge."""
+    if rect.x1 - rect.x0 >= rect.y1 - rect.y0:
+        xm = rect.x0 + frac * (rect.x1 - rect.x0)
+        mid = _line(complex(xm, rect.y0), complex(xm, rect.y1), rect.key)
+        return [_Rect(rect.x0, xm, rect.y0, rect.y1, rect.key, None, mid, None, rect.left),  # type: ignore[arg-type]
+                _Rect(xm, rect.x1, rect.y0, rect.y1, rect.key, None, rect.right, None, mid)], mid  # type: ignore[arg-type]
+    ym = rect.y0 + frac * (rect.y1 - rect.y0)
+    mid = _line(complex(rect.x0, ym), complex(rect.x1, ym), rect.key)
+    return [_Rect(rect.x0, rect.x1, rect.y0, ym, rect.key, rect.bottom, None, mid, None),  # type: ignore[arg-type]
+            _Rect(rect.x0, rect.x1, ym, rect.y1, rect.key, mid, None, rect.top, None)], mid  # type: ignore[arg-type]
+
+
+def _finish_split(parent: _Rect, kids: list[_Rect], mid: _Edge) -> None:
+    """After ``mid`` is evaluated, give the children the halves of the parent's cut edges."""
+    if kids[0].bottom is None:  # vertical cut
+        b = _cut_edge(parent.bottom, mid.z[0], mid.L[0], True)
+        t = _cut_edge(parent.top, mid.z[-1], mid.L[-1], True)
+        kids[0].bottom, kids[1].bottom = b
+        kids[0].top, kids[1].top = t
+    else:
+        r = _cut_edge(parent.right, mid.z[-1], mid.L[-1], False)
+        lft = _cut_edge(parent.left, mid.z[0], mid.L[0], False)
+        kids[0].right, kids[1].right = r
+        kids[0].left, kids[1].left = lft
+
+
+def _newton(ev: _Evaluator, z: np.ndarray, keys: np.ndarray, max_step: np.ndarray,
+            maxit: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised Newton on f, with f'/f from central differences of exp(log f - log f(z)).
+
+    Stops a root when the relative step is < 1e-14, or < 1e-10 and no longer shrinking
+    (round-off floor); such roots are reported converged.
+    """
+    z = np.array(z, dtype=complex)
+    conv = np.zeros(z.size, dtype=bool)
+    prev = np.full(z.size, np.inf)
+    active = np.arange(z.size)
+    for _ in range(maxit):
+        if active.size == 0:
+            break
+        za = z[active]
+        h = 1e-6 * (1.0 + np.abs(za))
+        ka = keys[active]
+        L = ev(np.concatenate([za, za + h, za - h]), np.concatenate([ka, ka, ka]))
+        L0, Lp, Lm = np.split(L, 3)
+        with np.errstate(all="ignore"):
+            step = -2 * h / (np.exp(Lp - L0) - np.exp(Lm - L0))
+        step = np.where(np.isfinite(step), step, 0.0)
+        ms = max_step[active]
+        step = np.where(np.abs(step) > ms, step * ms / np.maximum(np.abs(step), 1e-300), step)
+        z[active] = za + step
+        size = np.abs(step) / (1.0 + np.abs(za))
+        done = (size < 1e-14) | ((size < 1e-10) & (size > 0.2 * prev[active]))
+        conv[active[done]] = True
+        prev[active] = size
+        active = active[~done]
+    return z, conv
+
+
+def _dl_guesses(rect: _Rect) -> np.ndarray:
+    """Zeros of a rectangle from its contour moments (Newton identities)."""
+    m = rect.count
+    s = rect.moments(m)
+    e = [1.0 + 0j]
+    for k in range(1, m + 1):
+        acc = sum(((-1) ** (i - 1)) * e[k - i] * s[i] for i in range(1, k + 1))
+        e.append(acc / k)
+    coeffs = [((-1) ** k) * e[k] for k in range(m + 1)]
+    w = np.roots(coeffs) if m > 1 else np.array([coeffs[1] * -1])
+    return rect.center() + rect.radius() * np.asarray(w, dtype=complex)
+
+
+def _initial_rects(ev: _Evaluator, parts: list[tuple[float, float, int]], y0: float,
+                   y1: float, min_len: float) -> list[_Rect]:
+    """Coarse grid of square-ish cells over every part, edges evaluated and refined."""
+    rects: list[_Rect] = []
+    edges: list[_Edge] = []
+    cell = max(y1 - y0, 0.2)
+    for x0, x1, key in parts:
+        r, e = _grid(x0, x1, y0, y1, key, cell)
+        rects += r
+        edges += e
+    _eval_new_edges(ev, edges)
+    _refine_edges(ev, edges, min_len)
+    for r in rects:
+        r.count = round(r.winding())
+    return rects
+
+
+def _solve_direct(ev: _Evaluator, rects: list[_Rect]
+                  ) -> tuple[list[tuple[complex, int]], list[_Rect]]:
+    """Contour-moment guesses + Newton for rectangles with few zeros.
+
+    Returns the roots of the rectangles that are fully resolved (as many distinct converged
+    roots inside as the winding number) and the rectangles that are not.
+    """
+    if not rects:
+        return [], []
+    guesses = [_dl_guesses(r) for r in rects]
+    sizes = [g.size for g in guesses]
+    keys = np.repeat([r.key for r in rects], sizes)
+    steps = np.repeat([0.5 * r.radius() for r in rects], sizes)
+    zr, conv = _newton(ev, np.concatenate(guesses), keys, steps)
+    roots: list[tuple[complex, int]] = []
+    failed: list[_Rect] = []
+    i = 0
+    for size, r in zip(sizes, rects, strict=True):
+        zz, cc = zr[i:i + size], conv[i:i + size]
+        i += size
+        tol = 1e-9 * max(1.0, r.radius())
+        inside = [z for z, c in zip(zz, cc, strict=True) if c and r.contains(z, tol)]
+        distinct = _dedupe(inside, 1e-8)
+        if len(distinct) == r.count:
+            roots += [(z, r.key) for z in distinct]
+        else:
+            failed.append(r)
+    return roots, failed
+
+
+def _split_all(ev: _Evaluator, rects: list[_Rect], frac: float, min_len: float) -> list[_Rect]:
+    """Split every rectangle in two (one batched evaluation of the new edges)."""
+    pairs = [(r, *_split(r, frac)) for r in rects]
+    mids = [mid for _, _, mid in pairs]
+    _eval_new_edges(ev, mids)
+    _refine_edges(ev, mids, min_len)
+    out: list[_Rect] = []
+    for r, kids, mid in pairs:
+        _finish_split(r, kids, mid)
+        for k in kids:
+            k.count = round(k.winding())
+        if kids[0].count + kids[1].count != r.count:
+            warnings.warn("inconsistent winding numbers after a split", RuntimeWarning,
+                          stacklevel=4)
+        out += kids
+    return out
+
+
+def _solve_region(ev: _Evaluator, parts: list[tuple[float, float, int]], y0: float, y1: float,
+                  scale: float) -> list[tuple[complex, int]]:
+    """All zeros in the union of rectangles; returns (neff, problem key) pairs."""
+    min_len = 1e-12 * scale
+    rects = _initial_rects(ev, parts, y0, y1, min_len)
+    roots: list[tuple[complex, int]] = []
+    for level in range(1, _MAX_LEVELS + 2):
+        if any(r.count < 0 for r in rects):
+            warnings.warn("negative winding number (under-resolved contour); splitting further",
+                          RuntimeWarning, stacklevel=3)
+        rects = [r for r in rects if r.count != 0]
+        if not rects:
+            break
+        if level > _MAX_LEVELS:
+            for r in rects:
+                warnings.warn(f"unresolved cluster of {r.count} zeros near {r.center():.10g}",
+                              RuntimeWarning, stacklevel=3)
+                roots.append((r.center(), r.key))
+            break
+        direct = [r for r in rects if 0 < r.count <= _MAX_DL and not r.singular()]
+        found, failed = _solve_direct(ev, direct)
+        roots += found
+        to_split = [r for r in rects if not (0 < r.count <= _MAX_DL and not r.singular())]
+        to_split += failed
+        rects = _split_all(ev, to_split, 0.5 + 0.0123 * (1 if level % 2 else -1), min_len)
+    return roots
+
+
+def _dedupe(zs: Sequence[complex], tol: float) -> list[complex]:
+    out: list[complex] = []
+    for z in zs:
+        if all(abs(z - w) > tol * (1 + abs(w)) for w in out):
+            out.append(complex(z))
+    return out
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _classify(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool,
+              wavelength_nm: float) -> Mode:
+    eps = ctx.eps
+    nn = neff * neff
+    kap = {"substrate": complex(_sqrt_sheet(eps[0] - nn, out_s)),
+           "superstrate": complex(_sqrt_sheet(eps[-1] - nn, out_c))}
+    branch = {"substrate": "outgoing" if out_s else "proper",
+              "superstrate": "outgoing" if out_c else "proper"}
+    epsc = {"substrate": eps[0], "superstrate": eps[-1]}
+    scale = 1e-12 * (1 + abs(neff))
+    if any(k.imag < -scale for k in kap.values()):
+        kind_branch = "leaky"
+    elif any((epsc[c] - nn).real > 0 and kap[c].real > scale for c in kap):
+        kind_branch = "substrate-radiating"
+    else:
+        kind_branch = "bound"
+    layers = eps[1:-1]
+    diel = layers[layers.real > 0]
+    if diel.size == 0:
+        diel = eps[eps.real > 0]
+    nmax = float(np.sqrt(diel).real.max()) if diel.size else 0.0
+    kind_material = "plasmonic" if neff.real > nmax else "photonic"
+    alpha = 4 * math.pi * neff.imag / (wavelength_nm * 1e-7)
+    return Mode(neff=complex(neff), polarization="TM" if tm else "TE",
+                wavelength_nm=float(wavelength_nm), alpha_cm=float(alpha),
+                kind_material=kind_material, kind_branch=kind_branch, kz_branch=branch,
+                kz_cladding={c: complex(ctx.k0 * k) for c, k in kap.items()})
+
+
+def _label(modes: list[Mode]) -> list[Mode]:
+    out = []
+    for pol in ("TE", "TM"):
+        for mat in ("photonic", "plasmonic"):
+            for leaky in (False, True):
+                sel = [m for m in modes if m.polarization == pol and m.kind_material == mat
+                       and (m.kind_branch == "leaky") == leaky]
+                sel.sort(key=lambda m: -m.neff.real)
+                base = pol if mat == "photonic" else "SPP"
+                infix = "-leaky" if leaky else ""
+                out += [replace(m, label=f"{base}{infix}{i}") for i, m in enumerate(sel)]
+    out.sort(key=lambda m: -m.neff.real)
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _problems(ctx: _Ctx, region: SearchRegion, pols: Sequence[bool]
+              ) -> tuple[list[tuple[bool, bool, bool]], list[tuple[float, float, int]]]:
+    problems: list[tuple[bool, bool, bool]] = []
+    parts: list[tuple[float, float, int]] = []
+    for tm in pols:
+        for x0, x1, out_s, out_c in _parts(region, ctx.eps):
+            problems.append((tm, out_s, out_c))
+            parts.append((x0, x1, len(problems) - 1))
+    return problems, parts
+
+
+def _pols(polarization: str) -> list[bool]:
+    if polarization.upper() in ("BOTH", "ALL"):
+        return [False, True]
+    return [_is_tm(polarization)]
+
+
+def find_modes(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polarization: str,
+               region: SearchRegion | None = None) -> list[Mode]:
+    """Every zero of the dispersion function in the search region, classified and labelled.
+
+    ``polarization``: "TE", "TM" (or "both": TE and TM solved together). ``region`` defaults
+    to :func:`search_region`. Modes are sorted by Re(neff), descending; duplicates (within
+    1e-8 relative) are removed. Modes outside the region (Re neff below its lower edge, i.e.
+    radiating into an unshielded cladding, or Im neff above ``im_max``) are not searched.
+    """
+    ctx = _ctx(n, d_nm, wavelength_nm)
+    if region is None:
+        region = search_region(n, d_nm, wavelength_nm)
+    problems, parts = _problems(ctx, region, _pols(polarization))
+    ev = _Evaluator(ctx, problems)
+    scale = max(region.re_max - region.re_min, region.im_max - region.im_min)
+    found = _solve_region(ev, parts, region.im_min, region.im_max, scale)
+    modes: list[Mode] = []
+    for tm in sorted(set(p[0] for p in problems)):
+        zs = [(z, k) for z, k in found if problems[k][0] == tm]
+        kept: list[tuple[complex, int]] = []
+        for z, k in zs:
+            if all(abs(z - w) > 1e-8 * (1 + abs(w)) for w, _ in kept):
+                kept.append((z, k))
+        modes += [_classify(ctx, z, tm, problems[k][1], problems[k][2], wavelength_nm)
+                  for z, k in kept]
+    return _label(modes)
+
+
+def count_modes(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polarization: str,
+                region: SearchRegion | None = None) -> int:
+    """Number of zeros in the search region from the argument principle on its outer boundary
+    (one contour per analytic sub-rectangle; independent of the subdivision in find_modes)."""
+    ctx = _ctx(n, d_nm, wavelength_nm)
+    if region is None:
+        region = search_region(n, d_nm, wavelength_nm)
+    problems, parts = _problems(ctx, region, _pols(polarization))
+    ev = _Evaluator(ctx, problems)
+    y0, y1 = region.im_min, region.im_max
+    rects = []
+    for x0, x1, key in parts:
+        r, _ = _grid(x0, x1, y0, y1, key, cell=1e9)
+        rects += r
+    edges = [e for r in rects for e in (r.bottom, r.right, r.top, r.left)]
+    _eval_new_edges(ev, edges)
+    _refine_edges(ev, edges, 1e-12)
+    return int(sum(round(r.winding()) for r in rects))
+
+
+def _sheet(mode: Mode) -> tuple[bool, bool, bool]:
+    return (mode.polarization == "TM", mode.kz_branch["substrate"] == "outgoing",
+            mode.kz_branch["superstrate"] == "outgoing")
+
+
+def continue_modes(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
+                   previous: Sequence[Mode], *, fallback: bool = True,
+                   guesses: Sequence[complex | None] | None = None) -> list[Mode | None]:
+    """Track ``previous`` modes to a nearby wavelength (``n`` given at the new wavelength).
+
+    Each mode is Newton-polished from its previous neff (or ``guesses[i]``) on its own sheet. A
+    root is "lost" when Newton does not converge, moves by more than half the distance to the
+    nearest other previous mode of the same polarization, or lands on a root already taken; lost
+    modes are then matched (nearest neff, same polarization) among the modes of a global
+    :func:`find_modes` solve when ``fallback`` is true, else returned as None. The returned list
+    is parallel to ``previous``; labels are carried over (mode identity follows continuity, not
+    the ordering at the new wavelength).
+    """
+    ctx = _ctx(n, d_nm, wavelength_nm)
+    if not previous:
+        return []
+    sheets = [_sheet(m) for m in previous]
+    uniq = sorted(set(sheets))
+    ev = _Evaluator(ctx, uniq)
+    keys = np.array([uniq.index(s) for s in sheets])
+    z0 = np.array([g if (guesses and g is not None) else m.neff
+                   for m, g in zip(previous, guesses or [None] * len(previous), strict=True)],
+                  dtype=complex)
+    gap = np.full(len(previous), np.inf)
+    for i, m in enumerate(previous):
+        for j, o in enumerate(previous):
+            if i != j and o.polarization == m.polarization:
+                gap[i] = min(gap[i], abs(o.neff - m.neff))
+    max_step = np.where(np.isfinite(gap), 0.5 * gap, 0.5 * (1 + np.abs(z0)))
+    z, conv = _newton(ev, z0, keys, max_step)
+    out: list[Mode | None] = []
+    taken: list[complex] = []
+    for i, m in enumerate(previous):
+        ok = conv[i] and abs(z[i] - z0[i]) < max_step[i] * 1.0000001
+        ok = ok and all(abs(z[i] - w) > 1e-8 * (1 + abs(w)) for w in taken)
+        if ok:
+            taken.append(z[i])
+            new = _classify(ctx, z[i], *sheets[i], wavelength_nm)
+            out.append(replace(new, label=m.label))
+        else:
+            out.append(None)
+    lost = [i for i, m in enumerate(out) if m is None]
+    if lost and fallback:
+        pool: dict[str, list[Mode]] = {}
+        for i in lost:
+            pol = previous[i].polarization
+            if pol not in pool:
+                pool[pol] = [c for c in find_modes(n, d_nm, wavelength_nm, pol)
+                             if all(abs(c.neff - w) > 1e-8 * (1 + abs(w)) for w in taken)]
+            cands = pool[pol]
+            if not cands:
+                continue
+            j = int(np.argmin([abs(c.neff - previous[i].neff) for c in cands]))
+            best = cands.pop(j)
+            taken.append(best.neff)
+            out[i] = replace(best, label=previous[i].label)
+    return out

@@ -1,0 +1,149 @@
+"""The content-addressed task cache: round trip, atomicity, corruption, sharing."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from qdcavity.api import solve
+from qdcavity.cache import (
+    CacheError,
+    CorruptEntry,
+    Record,
+    TaskCache,
+    decode_dataset,
+    decode_record,
+    encode_dataset,
+    pack,
+    unpack,
+)
+
+
+def key_of(i: int) -> str:
+    return hashlib.sha256(f"task-{i}".encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def refl() -> xr.Dataset:
+    return solve("TE-DIZO", "reflectance", wavelength_nm=[600, 630])
+
+
+def odd_dataset() -> xr.Dataset:
+    ds = xr.Dataset(
+        {"z": (("x", "p"), np.array([[1 + 2j, 3 - 4j], [0.5j, -1.0]]), {"units": "1"}),
+         "n": ("x", np.array([1, 2], dtype=np.int32)),
+         "label": ("x", np.array(["a", "bcd"], dtype=object)),
+         "flag": ((), np.bool_(True))},
+        coords={"x": [1.5, 2.5], "p": ["s", "p"]},
+        attrs={"a": "text", "i": np.int64(3), "f": 1.5, "arr": np.array([1.0, 2.0]),
+               "lst": [1, "two"], "m": {"k": np.float32(1.5)}},
+    )
+    return ds
+
+
+def test_encoding_round_trip(refl: xr.Dataset) -> None:
+    for ds in (refl, odd_dataset()):
+        back = decode_dataset(encode_dataset(ds))
+        xr.testing.assert_identical(back, ds.assign(label=ds["label"].astype(str))
+                                    if "label" in ds else ds)
+    rec = decode_record(encode_dataset(refl))
+    xr.testing.assert_identical(rec.to_dataset(), Record.from_dataset(refl).to_dataset())
+
+
+def test_unencodable_values_raise() -> None:
+    with pytest.raises(CacheError):
+        encode_dataset(xr.Dataset({"o": ("x", np.array([object(), 1], dtype=object))}))
+    with pytest.raises(CacheError):
+        encode_dataset(xr.Dataset(attrs={"bad": object()}))
+
+
+def test_put_get_and_corruption(tmp_path: Path, refl: xr.Dataset) -> None:
+    cache = TaskCache(tmp_path / "c")
+    key = key_of(1)
+    assert cache.get(key) is None and cache.stats.misses == 1
+    path = cache.put(key, refl)
+    assert path == cache.path(key) and path.parent.name == key[:2]
+    xr.testing.assert_identical(cache.get(key), refl)
+    assert list(cache.keys()) == [key]
+    assert not list(path.parent.glob("*.tmp"))
+
+    blob = path.read_bytes()
+    corruptions = {
+        "flipped payload byte": blob[:-10] + bytes([blob[-10] ^ 0xFF]) + blob[-9:],
+        "truncated": blob[: len(blob) // 2],
+        "empty": b"",
+        "garbage": b"not a cache file at all",
+        "other key": pack(key_of(2), unpack(key, blob)[1]),
+    }
+    for what, bad in corruptions.items():
+        path.write_bytes(bad)
+        before = cache.stats.corrupt
+        assert cache.get(key) is None, what
+        assert cache.stats.corrupt == before + 1, what
+    # a checksum-valid entry whose payload is not a dataset is corrupt too
+    path.write_bytes(pack(key, b"QDR1 nonsense"))
+    assert cache.get(key) is None
+    with pytest.raises(CorruptEntry):
+        unpack(key, b"QDCACHE1\n{broken\n")
+    # a recompute simply overwrites it
+    cache.put(key, refl)
+    xr.testing.assert_identical(cache.get(key), refl)
+
+
+def test_temporaries_and_token(tmp_path: Path, refl: xr.Dataset) -> None:
+    cache = TaskCache(tmp_path)
+    cache.put(key_of(3), refl)
+    stale = cache.path(key_of(3)).parent / ".deadbeef.1234.tmp"
+    stale.write_bytes(b"half a file")
+    assert cache.clean_temporaries(older_than_s=3600) == 0  # young: maybe a live writer
+    assert cache.clean_temporaries(older_than_s=-1) == 1
+    assert cache.token() == TaskCache(tmp_path).token()
+    assert TaskCache.if_shared(str(tmp_path), cache.token()) is not None
+    assert TaskCache.if_shared(str(tmp_path / "elsewhere"), cache.token()) is None
+
+
+def test_unwritable_cache_dir(tmp_path: Path) -> None:
+    from qdcavity.errors import QdcavityError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(QdcavityError, match="cache"):
+        TaskCache(blocker / "sub")
+
+
+def _writer(root: str, payloads: list[bytes], seed: int) -> None:
+    cache = TaskCache(root)
+    order = np.random.default_rng(seed).permutation(len(payloads))
+    for _ in range(3):
+        for i in order:
+            cache.put_payload(key_of(int(i)), payloads[i], {"writer": seed})
+
+
+def test_two_processes_sharing_one_cache(tmp_path: Path, refl: xr.Dataset) -> None:
+    """Two writers hammer the same keys; every entry stays valid, no temporary is left."""
+    payloads = [encode_dataset(refl.assign(R=refl.R * (1 + i))) for i in range(60)]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), payloads, s)) for s in (1, 2)]
+    for p in procs:
+        p.start()
+    reader = TaskCache(tmp_path)
+    seen_bad = 0
+    while any(p.is_alive() for p in procs):  # read while they write: never a torn entry
+        for i in range(0, 60, 7):
+            path = reader.path(key_of(i))
+            if path.exists() and reader.get(key_of(i)) is None:
+                seen_bad += 1
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert seen_bad == 0
+    for i in range(60):
+        back = reader.get(key_of(i))
+        np.testing.assert_allclose(back.R, refl.R * (1 + i))
+    assert not list(tmp_path.glob("??/*.tmp"))
+    assert reader.stats.corrupt == 0
