@@ -119,6 +119,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_gain_check(args: argparse.Namespace) -> int:
+    from .checks import gain_check
+    from .stack import load_stack
+
+    rows = gain_check(load_stack(args.stack, dict(args.set or []) or None), args.wavelength,
+                      tuple(args.gain), tuple(args.mode), backend=args.backend)
+    table = Table(title="modal gain: exact re-solve with gain vs gamma_P * g (cm^-1)")
+    for col in ("mode", "g", "exact", "gamma_P * g", "difference", "relative"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        rel = r.difference_cm / r.exact_modal_gain_cm if r.exact_modal_gain_cm else float("nan")
+        table.add_row(r.mode, f"{r.gain_cm:g}", f"{r.exact_modal_gain_cm:.6f}",
+                      f"{r.predicted_cm:.6f}", f"{r.difference_cm:+.2e}", f"{rel:+.1e}")
+    console.print(table)
+    return 0
+
+
 def cmd_paper(args: argparse.Namespace) -> int:
     from .paper import run_paper
 
@@ -175,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    help="neither read nor write the task cache (recompute everything)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("gain-check", help="check modal gain = gamma_P * g by re-solving with gain")
+    p.add_argument("stack", help="built-in stack name or stack .toml file")
+    p.add_argument("-w", "--wavelength", type=float, default=630.0, help="nm (default 630)")
+    p.add_argument("--gain", type=float, nargs="+", default=[10.0, 100.0, 690.0],
+                   help="material gains g in cm^-1 (default 10 100 690)")
+    p.add_argument("--mode", nargs="+", default=["TE0", "TM0"], help="mode labels")
+    p.add_argument("--backend", default="tmm", help="backend to check (default tmm)")
+    p.add_argument("--set", type=parse_assignment, action="append", metavar="FIELD=VALUE",
+                   help="override a stack field (repeatable)")
+    p.set_defaults(func=cmd_gain_check)
 
     p = sub.add_parser("paper", help="the paper's Fig. 2g quantities for the four stacks (TMM)")
     p.add_argument("-o", "--output-dir", default="qdcavity-paper",

@@ -75,9 +75,9 @@ class Material:
 
 def constant_material(n: float, k: float = 0.0, name: str | None = None,
                       reference: str = "given inline") -> Material:
-    """A non-dispersive material with N = n + ik at every wavelength."""
-    if not (np.isfinite(n) and np.isfinite(k)) or n <= 0 or k < 0:
-        raise MaterialError(f"constant index needs n > 0 and k >= 0, got n={n}, k={k}")
+    """A non-dispersive material with N = n + ik at every wavelength (k < 0 is gain)."""
+    if not (np.isfinite(n) and np.isfinite(k)) or n <= 0:
+        raise MaterialError(f"constant index needs a finite n > 0 and finite k, got n={n}, k={k}")
     value = complex(n, k)
     return Material(
         name=name or f"n={n:g}+{k:g}i",

@@ -239,7 +239,7 @@ def combine(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Da
             mapping = {v: f"{name}.{v}" for v in [*part.variables, *part.dims]
                        if v not in axes}
             renamed.append(part.rename(mapping).drop_attrs())
-        ds = xr.merge(renamed, combine_attrs="drop")
+        ds = xr.merge(renamed, combine_attrs="drop", compat="no_conflicts", join="outer")
     first_ok = next((_as_record(r.dataset) for r in results if r.dataset is not None), None)
     if first_ok is not None:
         keep = ("conventions", "qdcavity_version", "solver_versions")

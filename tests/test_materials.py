@@ -65,7 +65,9 @@ def test_names_are_case_sensitive_with_explicit_aliases() -> None:
 def test_inline_constant_and_its_validation() -> None:
     mat = material_from_spec({"n": 1.95, "k": 0.005})
     assert mat.nk([400.0, 900.0]) == pytest.approx([1.95 + 0.005j] * 2)
-    for bad in ({"n": -1.0}, {"n": 1.5, "k": -0.1}, {"n": "x"}, {"k": 1.0}, {"n": 1, "q": 2}):
+    assert material_from_spec({"n": 1.7, "k": -0.001}).nk(630).imag < 0  # k < 0: gain
+    for bad in ({"n": -1.0}, {"n": 1.5, "k": float("nan")}, {"n": "x"}, {"k": 1.0},
+                {"n": 1, "q": 2}):
         with pytest.raises(MaterialError):
             material_from_spec(bad)
 
