@@ -65,6 +65,7 @@ class ModesAnalysis(Analysis):
     material_gain_cm: float = Field(690.0, ge=0, allow_inf_nan=False)
     gain_layer_k: Literal["bleached", "tabulated"] = "bleached"
     max_modes: int = Field(10, ge=1, le=100)
+    fields: bool = Field(True, description="field profiles; false for large sweeps")
     field_points: int = Field(600, ge=10, le=100_000)
     field_padding_nm: float = Field(300.0, ge=0, allow_inf_nan=False)
 

@@ -22,12 +22,12 @@ def bleached_layers(stack: Stack, analysis: ModesAnalysis) -> list[str]:
 
 def _record(n: np.ndarray, d: np.ndarray, lam: float, mode: Mode, z: np.ndarray) -> ModeRecord:
     conf = confinement(n, d, lam, mode)
-    profile = mode_profile(n, d, lam, mode, z)
+    profile = mode_profile(n, d, lam, mode, z) if z.size else {}
     return ModeRecord(
         neff=complex(mode.neff), label=mode.label, kind=mode.kind_material,
         branch=mode.kind_branch, gamma_E=np.asarray(conf.gamma_E),
         gamma_P=np.asarray(conf.gamma_P),
-        fields={name: profile[name] for name in FIELDS[mode.polarization]},
+        fields={name: profile[name] for name in FIELDS[mode.polarization] if name in profile},
     )
 
 
@@ -49,7 +49,8 @@ def solve_modes(stack: Stack, analysis: ModesAnalysis) -> xr.Dataset:
     lams = list(analysis.wavelength_nm)
     n_all = stack.indices(lams, zero_k=bleached_layers(stack, analysis))
     d = stack.thicknesses_nm
-    z = field_grid(stack.interfaces_nm, analysis.field_padding_nm, analysis.field_points)
+    z = field_grid(stack.interfaces_nm, analysis.field_padding_nm, analysis.field_points) \
+        if analysis.fields else np.empty(0)
     records: dict[tuple[float, str], list[ModeRecord]] = {}
     for pol in analysis.polarizations:
         previous: list[Mode] | None = None
