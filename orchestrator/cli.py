@@ -112,6 +112,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             workers=args.workers, address=args.scheduler, retries=args.retries,
             batch_size=args.batch_size)
     write_netcdf(ds, out)
+    if study.output.figures:
+        from .figures import study_figures
+
+        for path in study_figures(ds, out.parent):
+            console.print(f"wrote {path}")
     failed = report.n_failed
     console.print(f"wrote {out}  ({report.n_computed} computed, {report.n_cached} cached, "
                   f"{failed} failed" + (", see 'status' and 'error'" if failed else "") +

@@ -89,6 +89,32 @@ CONTRACTS: dict[str, Contract] = {
             "purcell": Var(("orientation", "wavelength_nm"), "f", "1"),
         },
     ),
+    "outcoupling": Contract(
+        coords={
+            "wavelength_nm": Var(("wavelength_nm",), "f", "nm"),
+            "material_gain_cm": Var(("material_gain_cm",), "f", "cm^-1"),
+            "stripe_length_um": Var(("stripe_length_um",), "f", "um"),
+            "angle_deg": Var(("angle_deg",), "f", "deg"),
+            "channel": Var(("channel",), "U", ""),
+        },
+        variables={
+            "neff": Var(("wavelength_nm",), "c", "1"),
+            "gamma_P": Var(("wavelength_nm",), "f", "1"),
+            "alpha_abs_cm": Var(("wavelength_nm",), "f", "cm^-1"),
+            "alpha_sca_cm": Var(("wavelength_nm",), "f", "cm^-1"),
+            "net_gain_cm": Var(("wavelength_nm", "material_gain_cm"), "f", "cm^-1"),
+            "escape_fraction": Var(("wavelength_nm",), "f", "1"),
+            "scattered_fraction": Var(("wavelength_nm", "channel"), "f", "1"),
+            "beta": Var(("wavelength_nm",), "f", "1"),
+            "spontaneous_air_fraction": Var(("wavelength_nm",), "f", "1"),
+            "angular_pattern": Var(("wavelength_nm", "angle_deg"), "f", "1"),
+            "half_width_deg": Var(("wavelength_nm",), "f", "deg"),
+            "lateral_output": Var(("wavelength_nm", "material_gain_cm", "stripe_length_um"),
+                                  "f", "spontaneous emission per unit stripe length x cm"),
+            "vertical_output": Var(("wavelength_nm", "material_gain_cm", "stripe_length_um"),
+                                   "f", "spontaneous emission per unit stripe length x cm"),
+        },
+    ),
 }
 
 ORIENTATIONS = ("horizontal", "vertical", "isotropic")
@@ -121,6 +147,9 @@ def check_dataset(ds: xr.Dataset, analysis_kind: str, backend: str) -> xr.Datase
         raise ContractError(f"{where}: returned {type(ds).__name__}, not an xarray.Dataset")
     for name, spec in {**contract.coords, **contract.variables}.items():
         _check_var(ds, name, spec, where)
+    if analysis_kind in ("dipole_emission", "outcoupling") and "channel" in ds.coords:
+        if list(ds.channel.values) != list(CHANNELS):
+            raise ContractError(f"{where}: channel must be {CHANNELS}")
     if analysis_kind == "dipole_emission":
         if list(ds.orientation.values) != list(ORIENTATIONS):
             raise ContractError(f"{where}: orientation must be {ORIENTATIONS}")

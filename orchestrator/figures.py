@@ -131,3 +131,47 @@ def paper_figures(ds: xr.Dataset, out_dir: Path) -> list[Path]:
         reflectance_spectra(ds, out_dir / "reflectance.png"),
         fig2g_bars(ds, out_dir / "fig2g.png"),
     ]
+
+
+def outcoupling_figures(ds: xr.Dataset, out_dir: Path, name: str = "outcoupling") -> list[Path]:
+    """Escape fraction, angular pattern in air and vertical VSL output versus stripe length."""
+    view = _by_stack(analysis_view(ds, name))
+    entries = [str(s) for s in view["stack"].values] if "stack" in view.dims else [None]
+    wl = float(view.wavelength_nm[0])
+
+    def pick(var: str, entry: str | None) -> xr.DataArray:
+        data = view[var].sel(wavelength_nm=wl)
+        return data.sel(stack=entry) if entry is not None else data
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.8))
+    labels = [e or "stack" for e in entries]
+    ax1.bar(labels, [float(pick("escape_fraction", e)) for e in entries])
+    ax1.set_ylabel("escape fraction to air per scattering event")
+    for entry, label in zip(entries, labels, strict=True):
+        ax2.plot(view.angle_deg, pick("angular_pattern", entry), label=label)
+        nominal = float(pick("material_gain_nominal_cm", entry))
+        vertical = pick("vertical_output", entry).sel(material_gain_cm=nominal, method="nearest")
+        ax3.semilogy(view.stripe_length_um, np.clip(vertical, 1e-12, None), label=label)
+    ax2.set_xlabel("angle in air (deg)")
+    ax2.set_ylabel("dP/dOmega (normalized)")
+    ax3.set_xlabel("stripe length (um)")
+    ax3.set_ylabel("vertical output (a.u.)")
+    ax3.set_title(f"G_mat = {nominal:g} cm$^{{-1}}$", fontsize=9)
+    for ax in (ax2, ax3):
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{view.attrs.get('mode', '')} scattering outcoupling at {wl:g} nm", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return [path]
+
+
+def study_figures(ds: xr.Dataset, out_dir: Path) -> list[Path]:
+    """Figures for the analyses of a study result that have one (currently: outcoupling)."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kinds = json.loads(ds.attrs.get("analysis_kinds", "{}"))
+    return [p for name, kind in kinds.items() if kind == "outcoupling"
+            for p in outcoupling_figures(ds, out_dir, name)]

@@ -249,6 +249,7 @@ def combine(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Da
         "study_name": study.name,
         "study": study.text,
         "analyses": json.dumps([a.label for a in study.analyses]),
+        "analysis_kinds": json.dumps({a.label: a.kind for a in study.analyses}),
         "backends": json.dumps(sorted({t.backend for t in tasks})),
         "stack_hashes": json.dumps(sorted({t.stack.content_hash for t in tasks})),
         "n_failed": int(sum(r.status == "failed" for r in results)),

@@ -128,6 +128,9 @@ def test_third_party_backend_runs_and_bad_contract_is_rejected(
     ds = solve("TE-DIZO", "reflectance", backend="fresnel", wavelength_nm=[600, 630])
     assert ds.attrs["backend"] == "fresnel"
     assert float(ds.R[0, 0, 0]) == pytest.approx(((3.8 - 1) / (3.8 + 1)) ** 2, rel=0.05)
+    with pytest.raises(BackendError, match="'fresnel' does not answer 'modes'; it answers "
+                       "reflectance"):
+        solve("TE-DIZO", "modes", backend="fresnel")
     with pytest.raises(ContractError, match="backend 'badcontract', analysis 'reflectance': missing 'wavelength_nm'"):
         solve("TE-DIZO", "reflectance", backend="badcontract", wavelength_nm=630)
 
@@ -137,5 +140,3 @@ def test_unknown_backend_lists_available_and_unsupported_analysis_names_supporte
 
     with pytest.raises(BackendError, match="unknown backend 'nope'; available: .*tmm"):
         solve("TE-DIZO", "reflectance", backend="nope")
-    with pytest.raises(BackendError, match="does not answer 'outcoupling'; it answers"):
-        solve("TE-DIZO", "outcoupling", backend="tmm")

@@ -11,6 +11,7 @@ from qdcavity.analyses import (
     Analysis,
     DipoleEmissionAnalysis,
     ModesAnalysis,
+    OutcouplingAnalysis,
     ReflectanceAnalysis,
 )
 from qdcavity.backend import Backend
@@ -28,7 +29,7 @@ class TmmBackend(Backend):
 
     name: ClassVar[str] = "tmm"
     version: ClassVar[str] = VERSION
-    analyses: ClassVar[frozenset[str]] = frozenset({"reflectance", "modes", "dipole_emission"})
+    analyses: ClassVar[frozenset[str]] = frozenset({"reflectance", "modes", "dipole_emission", "outcoupling"})
     description: ClassVar[str] = "built-in transfer-matrix solver (exact for planar stacks)"
     tolerances: ClassVar[Mapping[str, float]] = {"R": 1e-10, "T": 1e-10, "neff": 1e-9,
                                                  "gamma_E": 1e-8, "gamma_P": 1e-8}
@@ -45,6 +46,10 @@ class TmmBackend(Backend):
             return modes(stack, analysis)
         if isinstance(analysis, DipoleEmissionAnalysis):
             return dipole_emission(stack, analysis)
+        if isinstance(analysis, OutcouplingAnalysis):
+            from .outcoupling_tmm import solve_outcoupling
+
+            return solve_outcoupling(stack, analysis)
         raise SolverError(f"tmm cannot answer '{analysis.kind}'")
 
 
