@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 from rich.console import Console
 from rich.table import Table
@@ -182,4 +181,4 @@ def run_paper(out_dir: Path, console: Console | None = None) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["PAPER", "claims", "run_paper", "summarize", "np"]
+__all__ = ["PAPER", "claims", "run_paper", "summarize"]

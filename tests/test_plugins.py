@@ -131,7 +131,8 @@ def test_third_party_backend_runs_and_bad_contract_is_rejected(
     with pytest.raises(BackendError, match="'fresnel' does not answer 'modes'; it answers "
                        "reflectance"):
         solve("TE-DIZO", "modes", backend="fresnel")
-    with pytest.raises(ContractError, match="backend 'badcontract', analysis 'reflectance': missing 'wavelength_nm'"):
+    with pytest.raises(ContractError, match="backend 'badcontract', analysis 'reflectance': "
+                       "missing 'wavelength_nm'"):
         solve("TE-DIZO", "reflectance", backend="badcontract", wavelength_nm=630)
 
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
+
 from qdcavity.analyses import (
     Analysis,
     DipoleEmissionAnalysis,
@@ -29,7 +30,8 @@ class TmmBackend(Backend):
 
     name: ClassVar[str] = "tmm"
     version: ClassVar[str] = VERSION
-    analyses: ClassVar[frozenset[str]] = frozenset({"reflectance", "modes", "dipole_emission", "outcoupling"})
+    analyses: ClassVar[frozenset[str]] = frozenset(
+        {"reflectance", "modes", "dipole_emission", "outcoupling"})
     description: ClassVar[str] = "built-in transfer-matrix solver (exact for planar stacks)"
     tolerances: ClassVar[Mapping[str, float]] = {"R": 1e-10, "T": 1e-10, "neff": 1e-9,
                                                  "gamma_E": 1e-8, "gamma_P": 1e-8}
