@@ -148,41 +148,80 @@ def _psi(c: _Coef, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return psi, dpsi, med
 
 
-def mode_profile(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike,
-                 z_nm: np.ndarray) -> dict[str, Any]:
-    """Field profile of ``mode`` on ``z_nm`` (nm; z = 0 at the substrate top, may extend into
-    both claddings; a point on an interface is assigned to the upper medium).
-
-    Returns a dict with ``z_nm``, ``medium`` (index into the media array), the field components
-    (TE: ``Ey``, ``Hx``, ``Hz``; TM: ``Hy``, ``Ex``, ``Ez``), ``E_abs2`` = |E|^2 and
-    ``Sx`` = Re(E x H*)_x. Fields are scaled so that max |E| over ``z_nm`` is 1, with the
-    dominant E component real and positive there.
-    """
-    c = _coef_for(n, d_nm, wavelength_nm, mode)
-    z = np.asarray(z_nm, dtype=float)
+def _components(c: _Coef, z: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                 np.ndarray]:
+    """Unscaled field components, |E|^2 and the medium index at every z."""
     psi, dpsi, med = _psi(c, z)
     k0, neff = c.ctx.k0, c.neff
     if c.tm:
         eps = c.ctx.eps[med]
         comps = {"Hy": psi, "Ex": -1j * dpsi / (k0 * eps), "Ez": -neff * psi / eps}
-        e_names = ("Ex", "Ez")
+        e2 = np.abs(comps["Ex"]) ** 2 + np.abs(comps["Ez"]) ** 2
     else:
         comps = {"Ey": psi, "Hx": 1j * dpsi / k0, "Hz": neff * psi}
-        e_names = ("Ey",)
-    e2 = sum(np.abs(comps[k]) ** 2 for k in e_names)
-    imax = int(np.argmax(e2)) if z.size else 0
-    if z.size and e2[imax] > 0:
-        dom = max(e_names, key=lambda k: abs(comps[k][imax]))
-        ph = comps[dom][imax] / abs(comps[dom][imax])
-        scale = 1.0 / (math.sqrt(e2[imax]) * ph)
+        e2 = np.abs(psi) ** 2
+    return comps, e2, med
+
+
+def _peak(c: _Coef) -> float:
+    """z of max |E| over the stack and the cladding sides of its two outer interfaces (where the
+    cladding fields of non-leaky modes peak; TM |E| jumps there): 256 samples per layer, refined
+    by a parabola through the best three."""
+    zi = c.z
+    edges = np.array([-1e-9, zi[-1] + 1e-9])
+    if zi.size == 1:
+        _, e2, _ = _components(c, edges)
+        return float(edges[int(np.argmax(e2))])
+    t = np.linspace(0.0, 1.0, 256)
+    z = np.concatenate([a + (b - a) * t for a, b in zip(zi[:-1], zi[1:], strict=True)])
+    z[0::256] += 1e-9  # inside each layer, not on the interface above it
+    z[255::256] -= 1e-9
+    z = np.concatenate([z, edges])
+    _, e2, _ = _components(c, z)
+    i = int(np.argmax(e2))
+    if i >= z.size - 2 or i % 256 in (0, 255):
+        return float(z[i])
+    y0, y1, y2 = e2[i - 1], e2[i], e2[i + 1]
+    den = y0 - 2 * y1 + y2
+    shift = 0.5 * (y0 - y2) / den if den < 0 else 0.0
+    return float(z[i] + shift * (z[i + 1] - z[i]))
+
+
+def mode_profile(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike,
+                 z_nm: np.ndarray, normalize: str = "grid") -> dict[str, Any]:
+    """Field profile of ``mode`` on ``z_nm`` (nm; z = 0 at the substrate top, may extend into
+    both claddings; a point on an interface is assigned to the upper medium).
+
+    Returns a dict with ``z_nm``, ``medium`` (index into the media array), the field components
+    (TE: ``Ey``, ``Hx``, ``Hz``; TM: ``Hy``, ``Ex``, ``Ez``), ``E_abs2`` = |E|^2,
+    ``Sx`` = Re(E x H*)_x, ``neff`` and ``polarization``. All components share one complex
+    scale: ``normalize="grid"`` makes max |E| over ``z_nm`` equal to 1; ``normalize="stack"``
+    makes it 1 at the true maximum over the stack and the cladding sides of its outer interfaces
+    (where non-leaky cladding fields peak; located to ~1e-8), independent of ``z_nm``. The
+    dominant E component is real and positive at that maximum.
+    """
+    if normalize not in ("grid", "stack"):
+        raise ValueError("normalize must be 'grid' or 'stack'")
+    c = _coef_for(n, d_nm, wavelength_nm, mode)
+    z = np.asarray(z_nm, dtype=float)
+    comps, e2, med = _components(c, z)
+    if normalize == "stack":
+        ref, ref_e2, _ = _components(c, np.array([_peak(c)]))
+        i = 0
+    else:
+        ref, ref_e2, i = comps, e2, int(np.argmax(e2)) if z.size else 0
+    if ref_e2.size and ref_e2[i] > 0:
+        e_names = ("Ex", "Ez") if c.tm else ("Ey",)
+        dom = max(e_names, key=lambda k: abs(ref[k][i]))
+        scale = abs(ref[dom][i]) / (math.sqrt(ref_e2[i]) * ref[dom][i])
+        e2 = e2 / ref_e2[i]
         comps = {k: v * scale for k, v in comps.items()}
-        e2 = e2 / e2[imax]
     if c.tm:
         sx = (-(comps["Ez"] * np.conj(comps["Hy"]))).real
     else:
         sx = (comps["Ey"] * np.conj(comps["Hz"])).real
     return {"z_nm": z, "medium": med, **comps, "E_abs2": e2, "Sx": sx,
-            "neff": neff, "polarization": "TM" if c.tm else "TE"}
+            "neff": c.neff, "polarization": "TM" if c.tm else "TE"}
 
 
 # --------------------------------------------------------------------------- closed-form integrals

@@ -93,16 +93,17 @@ def _segments(n: np.ndarray, d: np.ndarray, wl: float, nref: complex, g: FDGrid
     phi = g.pml_phi_nm if g.pml_phi_nm is not None else 2 * wl
     stretch = math.hypot(pml, phi) / pml
     last = len(n) - 1
-    segs = [(0, pml, cells(0, pml, stretch), "pml_bot"), (0, clad_len(0), 0, "clad")]
-    segs[1] = (0, segs[1][1], cells(0, segs[1][1]), "clad")
+    cs = clad_len(0)
+    segs = [(0, pml, cells(0, pml, stretch), "pml_bot"), (0, cs, cells(0, cs), "clad")]
     segs += [(j, float(d[j - 1]), cells(j, float(d[j - 1])), "layer") for j in range(1, last)]
     cl = clad_len(last)
     segs += [(last, cl, cells(last, cl), "clad"), (last, pml, cells(last, pml, stretch), "pml_top")]
     return segs
 
 
-def _mesh(segs: list[tuple[int, float, int, str]], level: int, n_layers: int, wl: float,
-          g: FDGrid) -> _Mesh:
+def _mesh(segs: list[tuple[int, float, int, str]], level: int, wl: float, g: FDGrid) -> _Mesh:
+    """Nodes of refinement ``level`` (every base cell split in 2**level); PML nodes are complex:
+    z + i Phi with Phi = -+ phi_end u^3 (u: depth into the PML, 0..1), dPhi/dz >= 0."""
     phi = g.pml_phi_nm if g.pml_phi_nm is not None else 2 * wl
     zs: list[np.ndarray] = []
     med: list[np.ndarray] = []
@@ -122,7 +123,6 @@ def _mesh(segs: list[tuple[int, float, int, str]], level: int, n_layers: int, wl
         med.append(np.full(m, j))
         phys.append(np.full(m, not kind.startswith("pml")))
         z = pts[-1].real
-    del n_layers
     return _Mesh(zt=np.concatenate(zs), cell_medium=np.concatenate(med),
                  physical=np.concatenate(phys))
 
@@ -200,6 +200,11 @@ def solve_modes_fd(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polari
 
     Each mode is solved on ``grid.levels`` nested grids (the previous level's neff is the next
     shift, so the same mode is followed) and neff, gamma_E are Richardson-extrapolated.
+    Without guesses the nearest eigenvalues are returned as they come: they include discretised
+    radiation/PML continuum states, recognisable by a large ``error`` and by moving when
+    ``pml_phi_nm`` changes. gamma_E integrates |E|^2 over the physical cells (trapezoid for
+    nodal values, midpoint for Ex of TM on cells) plus the analytic tail exp(-2 Im(kz) |z|)
+    beyond the physical claddings.
     """
     n = np.asarray(n, dtype=complex).ravel()
     d = np.asarray(d_nm, dtype=float).ravel()
@@ -222,7 +227,7 @@ def solve_modes_fd(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polari
         cur = complex(guess)
         psi, mesh = None, None
         for level in range(g.levels):
-            mesh = _mesh(segs, level, d.size, wl, g)
+            mesh = _mesh(segs, level, wl, g)
             cur, psi = _solve_level(mesh, eps, k0, tm, cur)
             neffs.append(cur)
             gams.append(_gamma_e(mesh, psi, cur, eps, k0, tm, n.size))
@@ -244,7 +249,7 @@ def _initial_guesses(n: np.ndarray, d: np.ndarray, wl: float, tm: bool, n_modes:
     diel = layers[(layers * layers).real > 0]
     nmax = float(diel.real.max()) if diel.size else float(np.abs(n).real.max())
     segs = _segments(n, d, wl, nmax, g)
-    mesh = _mesh(segs, 0, d.size, wl, g)
+    mesh = _mesh(segs, 0, wl, g)
     C = _operator(mesh, n * n, k0, tm)
     vals = eigs(C, k=n_modes, sigma=nmax**2, which="LM", return_eigenvectors=False)
     out = [complex(np.sqrt(complex(v))) for v in vals]
