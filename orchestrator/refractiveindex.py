@@ -18,6 +18,7 @@ import yaml
 
 from .errors import MaterialError
 
+
 def _sellmeier(lam: np.ndarray, c: np.ndarray) -> np.ndarray:
     n2 = 1.0 + c[0]
     for i in range(1, len(c) - 1, 2):
