@@ -164,7 +164,7 @@ def run_paper(out_dir: Path, console: Console | None = None) -> int:
 
     console = console or Console()
     study = load_study(study_path())
-    ds = run_study(study)
+    ds = run_study(study, use_cache=False)  # seconds of work; never write into the package
     out_dir.mkdir(parents=True, exist_ok=True)
     write_netcdf(ds, out_dir / "paper.nc")
     summaries = summarize(ds)
