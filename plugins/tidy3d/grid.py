@@ -45,9 +45,16 @@ class ZGrid:
         return float(np.min(np.diff(self.z_nm)))
 
 
-def _cladding(pad_nm: float, h0: float, h_max: float, n_pml: int) -> np.ndarray:
-    """Distances (> 0) of cell boundaries from an interface: graded cells, then PML cells."""
+def _cladding(pad_nm: float, h0: float, h_max: float, n_pml: int,
+              fine: tuple[float, float] | None = None) -> np.ndarray:
+    """Distances (> 0) of cell boundaries from an interface: optionally uniform cells
+    ``fine = (h, extent)`` next to the interface, then graded cells, then PML cells."""
     out, z, h = [], 0.0, h0
+    if fine is not None:
+        h = min(h0, fine[0])
+        while z < min(fine[1], pad_nm) - 1e-9:
+            z += h
+            out.append(z)
     while z < pad_nm - 1e-9:
         h = min(h * GROWTH, h_max)
         z += h
@@ -58,21 +65,28 @@ def _cladding(pad_nm: float, h0: float, h_max: float, n_pml: int) -> np.ndarray:
     return np.asarray(out)
 
 
-def build_zgrid(thicknesses_nm: np.ndarray, resolution_nm: float, pad_below_nm: float,
-                pad_above_nm: float, h_max_below_nm: float, h_max_above_nm: float,
-                n_pml: int = 0) -> ZGrid:
-    """An interface-aligned grid for layers ``thicknesses_nm`` (bottom to top)."""
+def build_zgrid(thicknesses_nm: np.ndarray, resolution_nm: float | np.ndarray,
+                pad_below_nm: float, pad_above_nm: float, h_max_below_nm: float,
+                h_max_above_nm: float, n_pml: int = 0,
+                fine_below: tuple[float, float] | None = None,
+                fine_above: tuple[float, float] | None = None) -> ZGrid:
+    """An interface-aligned grid for layers ``thicknesses_nm`` (bottom to top);
+    ``resolution_nm`` is the largest cell, one value or one per layer; ``fine_*`` = (cell,
+    extent) keeps cladding cells uniform next to the stack (tightly bound SPPs)."""
     d = np.asarray(thicknesses_nm, dtype=float)
+    res = np.broadcast_to(np.asarray(resolution_nm, dtype=float), d.shape)
     interfaces = np.concatenate([[0.0], np.cumsum(d)])
     core, cell_sizes = [], []
-    for a, b in zip(interfaces[:-1], interfaces[1:], strict=True):
-        n = max(MIN_CELLS_PER_LAYER, int(np.ceil((b - a) / resolution_nm - 1e-9)))
+    for a, b, h in zip(interfaces[:-1], interfaces[1:], res, strict=True):
+        n = max(MIN_CELLS_PER_LAYER, int(np.ceil((b - a) / h - 1e-9)))
         core.append(np.linspace(a, b, n + 1)[:-1])
         cell_sizes.append((b - a) / n)
     core.append([interfaces[-1]])
     core_z = np.concatenate(core)
-    below = _cladding(pad_below_nm, cell_sizes[0], max(h_max_below_nm, cell_sizes[0]), n_pml)
-    above = _cladding(pad_above_nm, cell_sizes[-1], max(h_max_above_nm, cell_sizes[-1]), n_pml)
+    below = _cladding(pad_below_nm, cell_sizes[0], max(h_max_below_nm, cell_sizes[0]), n_pml,
+                      fine_below)
+    above = _cladding(pad_above_nm, cell_sizes[-1], max(h_max_above_nm, cell_sizes[-1]), n_pml,
+                      fine_above)
     z = np.concatenate([-below[::-1], core_z, interfaces[-1] + above])
     index = np.searchsorted(z, interfaces - 1e-9)
     return ZGrid(z_nm=z, interfaces_nm=interfaces, interface_index=index, n_pml=n_pml)

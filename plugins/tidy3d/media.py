@@ -98,8 +98,8 @@ def fit_material(material: Material, band_nm: tuple[float, float], *, max_poles:
     path = cache_dir / f"fit-{key}.json" if cache_dir is not None else None
     if path is not None and path.exists():
         data = json.loads(path.read_text())
-        medium = td.PoleResidue.parse_raw(data["medium"]) if data["kind"] == "pole" \
-            else td.Medium.parse_raw(data["medium"])
+        medium = td.PoleResidue.model_validate_json(data["medium"]) if data["kind"] == "pole" \
+            else td.Medium.model_validate_json(data["medium"])
         result = FitResult(medium, data["rms_error"], data["max_rel_eps_error"], data["poles"],
                            tuple(data["band_nm"]))
         _FITS[key] = result
@@ -131,7 +131,7 @@ def fit_material(material: Material, band_nm: tuple[float, float], *, max_poles:
         path.parent.mkdir(parents=True, exist_ok=True)
         kind = "pole" if isinstance(result.medium, td.PoleResidue) else "medium"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"kind": kind, "medium": result.medium.json(),
+        tmp.write_text(json.dumps({"kind": kind, "medium": result.medium.model_dump_json(),
                                    **result.summary()}))
         tmp.replace(path)
     return result
