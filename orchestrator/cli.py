@@ -80,7 +80,12 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for col in ("name", "version", "analyses", "status", "plugin"):
         table.add_column(col)
     for name, backend in sorted(reg.backends.items()):
-        status = backend.availability()
+        try:  # a plugin whose availability check raises is reported, never fatal
+            status = backend.availability()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
+            from .backend import Availability
+
+            status = Availability(False, f"availability() raised {type(exc).__name__}: {exc}")
         text = "available" if status.available else f"unavailable: {status.reason}"
         if not status.available and status.install_hint:
             text += f" (install: {status.install_hint})"
@@ -147,6 +152,82 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return run_paper(Path(args.output_dir), console=console)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run one study on several backends; print, per quantity, the values side by side, the
+    differences and the verdict against the declared tolerances; exit 1 if any exceeds."""
+    from .compare import (
+        compare_study,
+        element_rows,
+        fmt_diff,
+        fmt_value,
+        fmt_where,
+        parse_backends,
+        write_figure,
+    )
+    from .progress import SweepProgress
+    from .results import write_netcdf
+    from .study import load_study
+
+    study = load_study(args.study)
+    if args.set:
+        study = study.model_copy(update={"overrides": {**study.overrides, **dict(args.set)}})
+    backends = parse_backends(args.backends)
+    out = Path(args.output) if args.output else Path(f"{study.name}.compare.nc")
+    cmp = compare_study(
+        study, backends, executor=args.executor,
+        progress_factory=lambda b: SweepProgress(label=f"{study.name} [{b}]"),
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, workers=args.workers)
+    ref, others = cmp.reference, cmp.backends[1:]
+    for q in cmp.quantities:
+        units = cmp.dataset[q.name].attrs.get("units", "")
+        table = Table(title=f"{q.name}" + (f" [{units}]" if units and units != "1" else ""),
+                      title_justify="left")
+        table.add_column("where")
+        for b in cmp.backends:
+            table.add_column(b, justify="right")
+        for b in others:
+            table.add_column(f"{b} - {ref}", justify="right")
+            table.add_column("tolerance", justify="right")
+        table.add_column("status")
+        rows = element_rows(cmp, q, args.rows)
+        if not rows and q.worst:
+            w = q.worst
+            status = "ok" if q.ok else f"{q.n_exceeding} exceed, {q.n_missing} missing"
+            rows = [{"where": None, "values": w["values"], "diff": w["diff"],
+                     "tolerance": w["tolerance"], "status": status}]
+        for r in rows:
+            where = fmt_where(r["where"]) if r["where"] is not None else (
+                f"worst of {q.n_elements}: {fmt_where(q.worst['where'])}")
+            cells = [where, *(fmt_value(r["values"][b]) for b in cmp.backends)]
+            for b in others:
+                cells += [fmt_diff(r["diff"][b]), f"{r['tolerance'][b]:.2g}"]
+            style = "green" if r["status"].startswith("ok") else "bold red"
+            cells.append(f"[{style}]{r['status']}[/{style}]")
+            table.add_row(*cells)
+        console.print(table)
+    for b, points in cmp.failed_points.items():
+        for point in points[:10]:
+            console.print(f"[red]{b} failed at {point}[/red]", soft_wrap=True)
+        if len(points) > 10:
+            console.print(f"[red]{b}: {len(points) - 10} more failed points[/red]")
+    write_netcdf(cmp.dataset, out)
+    written = [str(out)]
+    if not args.no_figure:
+        written.append(str(write_figure(cmp, Path(args.figure) if args.figure
+                                        else out.with_suffix(".png"))))
+    bad = [q.name for q in cmp.quantities if not q.ok]
+    if cmp.ok:
+        console.print(f"all {len(cmp.quantities)} quantities within the declared tolerances "
+                      f"({', '.join(cmp.backends)}); wrote {', '.join(written)}", soft_wrap=True)
+        return 0
+    failed = sum(bool(p) for p in cmp.failed_points.values())
+    console.print(f"[bold red]{len(bad)} of {len(cmp.quantities)} quantities outside the "
+                  f"declared tolerances[/bold red]" + (f": {', '.join(bad)}" if bad else "")
+                  + (f"; failed points on {failed} backend(s)" if failed else "")
+                  + f"; wrote {', '.join(written)}", soft_wrap=True)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qdcavity",
@@ -179,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where tasks run (default: the study's [executor], else a local "
                         "dask cluster on all cores)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes of the local cluster (default: all cores)")
+                   help="worker processes of the local cluster (default: all usable cores); "
+                        "with --executor slurm, dask workers to start")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="use the running dask scheduler at tcp://host:port (implies "
                         "--executor address)")
@@ -213,6 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", default="qdcavity-paper",
                    help="folder for paper.nc and the PNG figures (default ./qdcavity-paper)")
     p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("compare", help="run a study on several backends and compare every "
+                       "quantity against the declared tolerances (exit 1 if one exceeds)")
+    p.add_argument("study", help="study .toml file")
+    p.add_argument("--backends", required=True, metavar="A,B[,...]",
+                   help="comma-separated backends, the first is the reference "
+                        "(e.g. tmm,fdmodes,meep)")
+    p.add_argument("-o", "--output", help="comparison .nc file (default <study name>.compare.nc)")
+    p.add_argument("--figure", help="figure file (default: the output with .png)")
+    p.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    p.add_argument("--rows", type=int, default=12, metavar="N",
+                   help="print every element of a quantity with at most N elements, else its "
+                        "worst one (default 12)")
+    p.add_argument("--set", type=parse_assignment, action="append", metavar="FIELD=VALUE",
+                   help="override a stack field for the whole study (repeatable)")
+    p.add_argument("--executor", choices=("inprocess", "local", "address", "slurm"),
+                   help="where tasks run (default: the study's [executor])")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (local cluster)")
+    p.add_argument("--cache-dir", metavar="DIR", help="task cache (as for 'run')")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

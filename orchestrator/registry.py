@@ -27,6 +27,12 @@ ALLOW_ENV = "QDCAVITY_PLUGINS"
 BUILTIN_DISTRIBUTION = "qdcavity"
 
 
+# What a plugin may raise while it is imported or registers without taking the host down:
+# every Exception, and SystemExit (a plugin calling sys.exit() at import). KeyboardInterrupt
+# still interrupts.
+_PLUGIN_ERRORS = (Exception, SystemExit)
+
+
 @dataclass(frozen=True)
 class PluginFailure:
     plugin: str
@@ -86,7 +92,7 @@ def _collect(pm: pluggy.PluginManager, plugin: str, registry: Registry, target: 
                     )
                 registry.backends[backend.name] = backend
                 registry.origins[backend.name] = plugin
-        except Exception as exc:  # noqa: BLE001  a broken plugin must not take the host down
+        except _PLUGIN_ERRORS as exc:  # a broken plugin must not take the host down
             registry.failures.append(PluginFailure(plugin, target, f"{type(exc).__name__}: {exc}"))
 
 
@@ -105,7 +111,7 @@ def build_registry(allow: Iterable[str] | None = None,
         try:
             module = ep.load()
             pm.register(module, name=ep.name)
-        except Exception as exc:  # noqa: BLE001
+        except _PLUGIN_ERRORS as exc:
             registry.failures.append(PluginFailure(ep.name, ep.value,
                                                    f"{type(exc).__name__}: {exc}"))
             continue
@@ -113,7 +119,7 @@ def build_registry(allow: Iterable[str] | None = None,
     for name, plugin in extra_plugins:
         try:
             pm.register(plugin, name=name)
-        except Exception as exc:  # noqa: BLE001
+        except _PLUGIN_ERRORS as exc:
             registry.failures.append(PluginFailure(name, repr(plugin), str(exc)))
             continue
         _collect(pm, name, registry, repr(plugin))

@@ -72,7 +72,7 @@ def run_task(task: Task) -> TaskResult:
     except QdcavityError as exc:
         return TaskResult(task.index, "failed", error=str(exc),
                           seconds=time.perf_counter() - start)
-    except Exception as exc:  # noqa: BLE001  isolate the sweep from a solver bug
+    except (Exception, SystemExit) as exc:  # noqa: BLE001  isolate the sweep from a solver bug
         tb = traceback.extract_tb(exc.__traceback__)[-1]
         where = f" (at {tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
         return TaskResult(task.index, "failed", error=f"{type(exc).__name__}: {exc}{where}",

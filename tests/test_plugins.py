@@ -43,6 +43,35 @@ PLUGIN_SOURCE = {
             return [Fresnel()]
     ''',
     "qdc_import_error": "raise RuntimeError('boom at import')\n",
+    "qdc_exit": "import sys\nsys.exit('plugin exits at import')\n",
+    "qdc_run_error": '''
+        from qdcavity.backend import Backend
+        from qdcavity.hookspecs import hookimpl
+
+        class RunError(Backend):
+            name = "runerror"
+            version = "1"
+            analyses = frozenset({"reflectance"})
+
+            def run(self, stack, analysis, options):
+                raise RuntimeError("boom in run")
+
+        class RunExit(RunError):
+            name = "runexit"
+
+            def run(self, stack, analysis, options):
+                raise SystemExit("plugin exits in run")
+
+        class BadAvailability(RunError):
+            name = "badavailability"
+
+            def availability(self):
+                raise RuntimeError("boom in availability")
+
+        @hookimpl
+        def qdcavity_backends():
+            return [RunError(), RunExit(), BadAvailability()]
+    ''',
     "qdc_hook_error": '''
         from qdcavity.hookspecs import hookimpl
 
@@ -107,6 +136,36 @@ def test_broken_plugins_are_reported_and_skipped(plugin_site: Path) -> None:
     assert "boom at import" in reasons["qdc_import_error"]
     assert "boom in hook" in reasons["qdc_hook_error"]
     assert "is not a qdcavity.backend.Backend" in reasons["qdc_not_backend"]
+    assert "SystemExit: plugin exits at import" in reasons["qdc_exit"]
+
+
+def test_plugins_failing_at_run_time_fail_their_points_only(
+        plugin_site: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qdcavity.cli import main
+    from qdcavity.runner import run_study
+
+    default_registry.cache_clear()
+    study = tmp_path / "s.toml"
+    study.write_text('stack = "BE"\n[[analyses]]\nkind = "reflectance"\nwavelength_nm = 630\n'
+                     '[sweep.axes]\nbackend = ["runerror", "tmm", "runexit", "badavailability"]\n'
+                     '[executor]\nkind = "inprocess"\n')
+    ds = run_study(study, use_cache=False)
+    status = dict(zip(ds.backend.values, ds.status.values, strict=True))
+    assert status == {"runerror": "failed", "tmm": "ok", "runexit": "failed",
+                      "badavailability": "failed"}
+    errors = dict(zip(ds.backend.values, ds.error.values, strict=True))
+    assert "RuntimeError: boom in run" in errors["runerror"]
+    assert "SystemExit: plugin exits in run" in errors["runexit"]
+    assert "boom in availability" in errors["badavailability"]
+    from rich.console import Console
+
+    from qdcavity import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=250))  # one table row per line
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "availability() raised" in out and "failed to load" in out
 
 
 def test_allow_list_limits_third_party_plugins(plugin_site: Path,
