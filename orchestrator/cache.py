@@ -68,21 +68,28 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
     if isinstance(value, Mapping):
+        if all(type(v) is str for v in value.values()):  # the usual case: fast
+            return {"__map__": {str(k): v for k, v in value.items()}}
         return {"__map__": {str(k): _json_value(v) for k, v in value.items()}}
     raise CacheError(f"attribute value of type {type(value).__name__} cannot be cached")
 
 
 def _from_json(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is dict:
+        mapping = value.get("__map__")
+        if mapping is not None:
+            if all(type(v) is str for v in mapping.values()):  # the usual case: fast
+                return mapping
+            return {k: _from_json(v) for k, v in mapping.items()}
         if "__np__" in value:
             dtype = np.dtype(value["__np__"])
             if "shape" in value:
                 return np.asarray(value["v"], dtype=dtype).reshape(value["shape"])
             return dtype.type(value["v"])
-        if "__map__" in value:
-            return {k: _from_json(v) for k, v in value["__map__"].items()}
+        return value
+    if kind is list:
+        return [_from_json(v) for v in value]
     return value
 
 
@@ -289,7 +296,11 @@ class TaskCache:
         tmp = path.parent / f".{key[:16]}.{os.urandom(8).hex()}.tmp"  # unique across hosts
         blob = pack(key, payload, meta)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:  # the folder was removed under us: make it again
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(blob)
                 while view:
@@ -330,14 +341,14 @@ class TaskCache:
     @classmethod
     def if_shared(cls, root: str, token: str) -> TaskCache | None:
         """Open ``root`` on a worker if it is the client's folder (same token), else None."""
-        found = _SHARED.get(root)
+        found = _SHARED.get((root, token))
         if found is None:
             try:
                 ok = (Path(root) / TOKEN_FILE).read_text().strip() == token
                 found = cls(root) if ok else False
             except (OSError, QdcavityError):
                 found = False
-            _SHARED[root] = found
+            _SHARED[(root, token)] = found
         return found or None
 
     def clean_temporaries(self, older_than_s: float = 3600.0) -> int:
@@ -353,12 +364,35 @@ class TaskCache:
         return removed
 
 
-_SHARED: dict[str, TaskCache | bool] = {}
+_SHARED: dict[tuple[str, str], TaskCache | bool] = {}
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/qdcavity`` (``~/.cache/qdcavity``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qdcavity"
+
+
+def _inside_package(path: Path) -> bool:
+    """Whether ``path`` is in the shipped geometries (studies such as ``paper.toml``)."""
+    import qdcavity.geometries as geometries
+
+    shipped = Path(geometries.__file__).resolve().parent
+    try:
+        resolved = path.resolve()
+    except OSError:
+        return False
+    return resolved == shipped or shipped in resolved.parents
 
 
 def default_cache_dir(study_dir: str | Path | None = None) -> Path:
-    """``$QDCAVITY_CACHE_DIR``, else ``.qdcavity-cache`` next to the study file."""
+    """``$QDCAVITY_CACHE_DIR``; else ``.qdcavity-cache`` next to the study file; else, for the
+    studies shipped inside the package or a folder that is not writable, the user cache
+    (``~/.cache/qdcavity``)."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
-    return Path(study_dir or ".") / ".qdcavity-cache"
+    folder = Path(study_dir or ".")
+    if _inside_package(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        return user_cache_dir()
+    return folder / ".qdcavity-cache"

@@ -5,8 +5,9 @@ The driver (:func:`execute`) is the same for every executor:
 * tasks already in the cache are not run (a corrupt entry counts as missing);
 * the others are grouped into batches and submitted with a bounded number in flight (two per
   worker), so that killing the run loses at most those;
-* every finished batch is written to the cache as it arrives (``as_completed`` style), task by
-  task, atomically;
+* every finished task is written to the cache as soon as it is done, atomically: by the worker
+  itself when it sees the cache folder (same machine, shared file system), else by the client
+  as results stream back;
 * a task that raises is a ``failed`` result with its message (never retried: the solver would
   say the same again); a batch lost with its worker (``KilledWorker``, a closed connection, a
   cancelled future) is resubmitted up to ``retries`` times, then its tasks fail with the reason;
@@ -15,8 +16,8 @@ The driver (:func:`execute`) is the same for every executor:
   grouped by the hundred; a Meep task that takes seconds runs alone), never so large that a
   worker would be left idle at the end.
 
-Workers run :func:`run_batch`, which encodes each dataset for the cache itself (the client only
-writes bytes and decodes them), so the client stays light even at thousands of tasks a second.
+Workers run :func:`run_batch`, which encodes each dataset for the cache itself (the client at
+most writes bytes and decodes them), so the client stays light at thousands of tasks a second.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ JOBQUEUE_CONFIG_ENV = "QDCAVITY_JOBQUEUE_CONFIG"
 class ExecConfig:
     """How to run a sweep (the study's ``[executor]`` table plus command-line overrides).
 
-    ``min_cluster_work_s``: with ``kind = "local"``, a sweep whose tasks (timed on the first
-    ones, run in-process) would take less than this in total is finished in-process instead of
-    paying for a cluster start-up. 0 always starts the cluster.
+    ``min_cluster_work_s``: with ``kind = "local"`` and no explicit ``workers``, a sweep whose
+    tasks (timed on the first ones, run in-process) would take less than this in total is
+    finished in-process instead of paying for a cluster start-up. 0 always starts the cluster.
     """
 
     kind: str = "local"
@@ -119,7 +120,8 @@ class Report:
     n_batches: int = 0
     max_batch_size: int = 0
     max_workers: int = 0
-    solver_s: float = 0.0
+    solver_s: float = 0.0  # wall time inside run_task, summed over tasks
+    solver_cpu_s: float = 0.0  # CPU time of the worker process inside run_task
     wall_s: float = 0.0
     dashboard: str | None = None
     workers_used: set[str] = field(default_factory=set)  # "host:pid" that computed tasks
@@ -158,7 +160,9 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
     where = _where()
     out = []
     for i, task in enumerate(tasks):
+        cpu0 = time.process_time()
         res = run_task(task)
+        cpu = time.process_time() - cpu0
         payload, ds, written = None, None, False
         if res.dataset is not None:
             try:
@@ -174,7 +178,7 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
             except OSError:
                 pass
         out.append({"index": res.index, "status": res.status, "error": res.error,
-                    "seconds": res.seconds, "transient": res.transient,
+                    "seconds": res.seconds, "cpu_seconds": cpu, "transient": res.transient,
                     "payload": payload, "dataset": ds, "written": written})
     return {"where": where, "results": out}
 
@@ -188,6 +192,18 @@ def _is_transient(exc: BaseException) -> bool:
 
     return isinstance(exc, KilledWorker | CommClosedError | CancelledError | OSError
                       | TimeoutError | ConnectionError | EOFError)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first sentence of the message`` (dask's messages run to a paragraph)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001  a broken __str__ must not hide the failure
+        text = ""
+    first = text.split(". ")[0].strip()
+    if len(first) > 200:
+        first = first[:197] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class InlinePool:
@@ -309,22 +325,44 @@ def _quiet_dask() -> None:
     """Worker deaths are handled (retried) here; dask's own warnings about them are noise."""
     import logging
 
-    for name in ("distributed.scheduler", "distributed.nanny", "distributed.core",
-                 "distributed.worker", "distributed.client", "distributed.deploy.spec"):
+    for name in ("distributed.nanny", "distributed.core", "distributed.worker",
+                 "distributed.client", "distributed.deploy.spec"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # "task marked as failed because 1 workers died": the driver retries it and says so
+    logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
+
+
+# Per-worker background sampling (a stack profiler every 10 ms, a GIL monitor every 1 ms) costs
+# CPU and GIL switches that a batch of millisecond solver calls notices; turned off here.
+LEAN_WORKERS = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+}
+LEAN_WORKERS_ENV = [
+    "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False",
+    "export DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__GIL__ENABLED=False",
+]
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (the allocation under SLURM/cgroups), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _local_pool(cfg: ExecConfig) -> DaskPool:
     import dask
     from distributed import Client, LocalCluster
 
-    n = cfg.workers or os.cpu_count() or 1
+    n = cfg.workers or _usable_cores()
     _quiet_dask()
     # A worker loss surfaces at once as KilledWorker; the driver's retries are the only ones.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0, **LEAN_WORKERS}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                dashboard_address=":0",
-                               silence_logs=40, memory_limit=0)
+                               silence_logs=50, memory_limit=0)  # errors are in results
     client = Client(cluster, set_as_default=False)
     return DaskPool(client, cluster, "local")
 
@@ -384,6 +422,8 @@ def slurm_kwargs(cfg: ExecConfig) -> dict[str, Any]:
             raise ConfigError(f"{path}: not a dask-jobqueue YAML file ({exc})") from None
         kwargs.update({k.replace("-", "_"): v for k, v in section.items() if v is not None})
     kwargs.update({k.replace("-", "_"): v for k, v in cfg.slurm.items() if k != "config"})
+    kwargs["job_script_prologue"] = [*LEAN_WORKERS_ENV,
+                                     *(kwargs.get("job_script_prologue") or [])]
     options = dict(kwargs.get("scheduler_options") or {})
     options.setdefault("dashboard_address", ":0")
     kwargs["scheduler_options"] = options
@@ -414,16 +454,41 @@ def _check_slurm_jobs(cluster: Any) -> None:
     if out.returncode == 0 and not alive & set(ids):
         log_dir = getattr(cluster, "_job_kwargs", {}).get("log_directory") or "."
         raise QdcavityError(
-            f"the SLURM jobs {', '.join(ids)} ended without a dask worker connecting; see the "
-            f"job logs in {log_dir}", field="executor.slurm")
+            f"no dask worker is connected and none of the SLURM jobs {', '.join(ids)} is queued "
+            f"or running any more (failed, cancelled or out of time); see the job logs in "
+            f"{log_dir}. Finished tasks are cached: run again (--resume) to continue",
+            field="executor.slurm")
 
 
-def _slurm_pool(cfg: ExecConfig) -> DaskPool:
+def _import_slurm_cluster() -> Any:
+    """``dask_jobqueue.SLURMCluster``, imported without its side effect on SIGINT.
+
+    dask-jobqueue 0.9's ``runner`` module runs ``signal.signal(SIGINT, lambda *_: sys.exit())``
+    at import: Ctrl-C would then exit with status 0 instead of interrupting, and the import fails
+    outright outside the main thread. The SIGINT handler is left as it was.
+    """
+    import signal
+
+    original = signal.signal
+
+    def keep_sigint(signum: Any, handler: Any) -> Any:
+        if signum == signal.SIGINT:
+            return signal.getsignal(signum)
+        return original(signum, handler)
+
+    signal.signal = keep_sigint
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise QdcavityError("executor 'slurm' needs dask-jobqueue: pip install "
                             "'qdcavity[cluster]'", field="executor") from None
+    finally:
+        signal.signal = original
+    return SLURMCluster
+
+
+def _slurm_pool(cfg: ExecConfig) -> DaskPool:
+    SLURMCluster = _import_slurm_cluster()
     import dask
     from distributed import Client
 
@@ -441,7 +506,10 @@ def _slurm_pool(cfg: ExecConfig) -> DaskPool:
             from None
     try:
         _preflight(cluster)
-        cluster.scale(jobs=cfg.jobs)
+        if cfg.workers:  # --workers N: that many dask workers (jobs x processes per job)
+            cluster.scale(n=cfg.workers)
+        else:
+            cluster.scale(jobs=cfg.jobs)
         try:  # submit now, so that an sbatch error is reported here and not in a log
             cluster.sync(cluster._correct_state)
         except AttributeError:  # private API moved: the heartbeat check still catches it
@@ -558,6 +626,7 @@ class Driver:
         """Record one task result from a worker; returns (ok, failed) counts."""
         n = len(self.by_key[key])
         self.report.solver_s += item["seconds"]
+        self.report.solver_cpu_s += item.get("cpu_seconds", 0.0)
         if item["status"] != "ok":
             self._set(key, "failed", error=item["error"], seconds=item["seconds"])
             self.report.n_failed += n
@@ -581,11 +650,15 @@ class Driver:
         self.report.n_computed += n
         return n, 0
 
-    def _lost(self, keys: list[str], exc: BaseException, pending: deque[str]) -> tuple[int, int]:
-        """A batch that did not come back: retry transient losses, fail the rest."""
+    def _lost(self, keys: list[str], exc: BaseException, pending: deque[str]
+              ) -> tuple[int, int, int]:
+        """A batch that did not come back: retry transient losses, fail the rest.
+
+        Returns the counts (recovered from the cache, failed, resubmitted).
+        """
         transient = _is_transient(exc)
-        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-        failed = 0
+        reason = _describe(exc)
+        failed = recovered = 0
         retry = []
         for key in keys:
             # the lost worker may have finished (and cached) part of its batch before dying
@@ -593,6 +666,7 @@ class Driver:
             if rec is not None:
                 self._set(key, "ok", rec if self.raw else rec.to_dataset())
                 self.report.n_computed += len(self.by_key[key])
+                recovered += len(self.by_key[key])
                 continue
             self.attempts[key] = self.attempts.get(key, 0) + 1
             if transient and self.attempts[key] <= self.cfg.retries:
@@ -605,7 +679,7 @@ class Driver:
                 failed += len(self.by_key[key])
         pending.extendleft(reversed(retry))
         self.report.n_retried += len(retry)
-        return failed, len(retry)
+        return recovered, failed, len(retry)
 
     # ------------------------------------------------------------ run
     def run(self) -> list[TaskResult]:
@@ -681,8 +755,8 @@ class Driver:
             for handle, value in done:
                 keys = in_flight.pop(handle)
                 if isinstance(value, BaseException):
-                    failed, retried = self._lost(keys, value, pending)
-                    self.progress.update(failed=failed, retried=retried)
+                    ok, failed, retried = self._lost(keys, value, pending)
+                    self.progress.update(ok=ok, failed=failed, retried=retried)
                     continue
                 where = value["where"]
                 self.report.workers_used.add(f"{where.get('host')}:{where.get('pid')}")

@@ -1,0 +1,259 @@
+"""Sweep engine benchmarks: serial vs local cluster, orchestration overhead, Meep scaling.
+
+    python benchmarks/bench_sweep.py                  # all parts, 10,000-point TMM sweep
+    python benchmarks/bench_sweep.py --points 2500 --json bench.json
+    python benchmarks/bench_sweep.py --meep-options '{"resolution": 50}'
+
+1. Throughput of an N-point TMM reflectance sweep (TE-DIZO, IZO_top x QD thickness, 2
+   wavelengths, s and p) run serially in-process and on a dask LocalCluster with ``--workers``
+   processes, both through the full path (expand, cache writes, combine); the ratio is the
+   speed-up.
+2. Orchestration overhead per task, several ways: wall clock, ``(wall x workers - sum of solver
+   time) / tasks`` for the execution phase; and CPU, ``(CPU of client and workers - solver CPU)
+   / tasks`` over the whole run (start-up, expansion, cache writes and combine included), which
+   other programs competing for the cores do not inflate. Both also as a fraction of the solver
+   time per task (target < 10 %). "Solver time" is ``run_task`` (``qdcavity.api.solve``) on
+   the worker. The dask share is the cluster's CPU overhead (start-up excluded, measured on a
+   20-task run) minus the serial one, both without the cache; a per-step breakdown (expand,
+   key, encode, cache write/read, decode, combine) is printed first.
+3. Parallel efficiency of a sweep of small Meep tasks on 1 versus 2 workers (target >= 1.7x),
+   if a ``meep`` backend is registered and available; otherwise the report says so.
+
+The numbers depend on what else runs on the machine: the load average is recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+CACHE_BASE: str | None = None  # where the benchmark's caches go (--cache-base)
+
+
+def tmm_study(points: int) -> Any:
+    from qdcavity.study import Study
+
+    side = int(round(points ** 0.5))
+    izo = [float(v) for v in np.round(np.linspace(50, 150, side), 6)]
+    qd = [float(v) for v in np.round(np.linspace(10, 50, points // side), 6)]
+    return Study(name="bench-tmm", stack="TE-DIZO",
+                 analyses=[{"kind": "reflectance", "wavelength_nm": [600, 630]}],
+                 sweep={"axes": {"IZO_top.thickness_nm": izo, "QD.thickness_nm": qd}})
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds of this process and of its reaped children (the local cluster's workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def timed_run(study: Any, **kw: Any) -> dict[str, Any]:
+    from qdcavity.runner import execute_study
+
+    with tempfile.TemporaryDirectory(prefix="qdc-bench-", dir=CACHE_BASE) as cache_dir:
+        cpu0 = _cpu()
+        t0 = time.perf_counter()
+        ds, rep = execute_study(study, cache_dir=cache_dir, **kw)
+        wall = time.perf_counter() - t0
+        cpu1 = _cpu()
+    n = rep.n_tasks
+    workers = max(rep.max_workers, 1)
+    exec_wall = rep.wall_s
+    overhead = (exec_wall * workers - rep.solver_s) / n
+    client_cpu, workers_cpu = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    total_cpu = client_cpu + workers_cpu
+    return {
+        "executor": rep.executor, "tasks": n, "workers": workers, "failed": rep.n_failed,
+        "wall_s": round(wall, 3), "execute_wall_s": round(exec_wall, 3),
+        "throughput_per_s": round(n / wall, 1), "solver_s": round(rep.solver_s, 3),
+        "solver_ms_per_task": round(1e3 * rep.solver_s / n, 3),
+        "overhead_ms_per_task": round(1e3 * overhead, 3),
+        "overhead_fraction": round(overhead / (rep.solver_s / n), 3),
+        # CPU accounting: not inflated by other programs competing for the cores
+        "client_cpu_s": round(client_cpu, 3), "workers_cpu_s": round(workers_cpu, 3),
+        "solver_cpu_ms_per_task": round(1e3 * rep.solver_cpu_s / n, 3),
+        "cpu_overhead_ms_per_task": round(1e3 * (total_cpu - rep.solver_cpu_s) / n, 3),
+        "cpu_overhead_fraction": round((total_cpu - rep.solver_cpu_s) / rep.solver_cpu_s, 3),
+        "batches": rep.n_batches, "max_batch_size": rep.max_batch_size,
+        "ok": bool((ds.status == "ok").all()),
+    }
+
+
+def breakdown(study: Any, n: int = 500) -> dict[str, float]:
+    """Per-task cost of each step, in microseconds, measured in this process (first n tasks)."""
+    from qdcavity.cache import TaskCache, decode_record, encode_dataset
+    from qdcavity.runner import combine, expand, task_keys
+    from qdcavity.tasks import TaskResult, run_task
+
+    t0 = time.perf_counter()
+    tasks = expand(study)
+    expand_us = 1e6 * (time.perf_counter() - t0) / len(tasks)
+    tasks = tasks[:n]
+    t0 = time.perf_counter()
+    keys = task_keys(tasks)
+    key_us = 1e6 * (time.perf_counter() - t0) / n
+    run_task(tasks[0])
+    t0 = time.perf_counter()
+    results = [run_task(t) for t in tasks]
+    solve_us = 1e6 * (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    payloads = [encode_dataset(r.dataset) for r in results]
+    encode_us = 1e6 * (time.perf_counter() - t0) / n
+    with tempfile.TemporaryDirectory(prefix="qdc-bench-") as d:
+        cache = TaskCache(d)
+        t0 = time.perf_counter()
+        for k, p in zip(keys, payloads, strict=True):
+            cache.put_payload(k, p)
+        write_us = 1e6 * (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        records = [cache.get_record(k) for k in keys]
+        read_us = 1e6 * (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for p in payloads:
+        decode_record(p)
+    decode_us = 1e6 * (time.perf_counter() - t0) / n
+    sub = study.model_copy(update={"sweep": study.sweep.model_copy(update={"mode": "zip",
+        "axes": {k: [t.point[k] for t in tasks] for k in study.sweep.axes}})})
+    t0 = time.perf_counter()
+    combine(sub, tasks, [TaskResult(i, "ok", dataset=r) for i, r in enumerate(records)])
+    combine_us = 1e6 * (time.perf_counter() - t0) / n
+    out = {"solve_us": solve_us, "expand_us": expand_us, "key_us": key_us,
+           "encode_us": encode_us, "cache_write_us": write_us,
+           "cache_read_verify_decode_us": read_us, "decode_us": decode_us,
+           "combine_us": combine_us}
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def bench_tmm(points: int, workers: int) -> dict[str, Any]:
+    study = tmm_study(points)
+    costs = breakdown(study)
+    print(f"per task (us): {json.dumps(costs)}", flush=True)
+    serial = timed_run(study, executor="inprocess")
+    print(f"serial        : {json.dumps(serial)}", flush=True)
+    serial_bare = timed_run(study, executor="inprocess", use_cache=False)
+    print(f"serial, no cache: {json.dumps(serial_bare)}", flush=True)
+    cluster = timed_run(study, executor="local", workers=workers)
+    print(f"local x{workers}      : {json.dumps(cluster)}", flush=True)
+    bare = timed_run(study, executor="local", workers=workers, use_cache=False)
+    print(f"local, no cache: {json.dumps(bare)}", flush=True)
+    # fixed costs of a cluster run (start-up, worker imports, shut-down) from a 20-task sweep
+    fixed = timed_run(tmm_study(20), executor="local", workers=workers, use_cache=False)
+    fixed_cpu = fixed["client_cpu_s"] + fixed["workers_cpu_s"]
+    for run in (cluster, bare):
+        per_task = (run["client_cpu_s"] + run["workers_cpu_s"] - fixed_cpu) / run["tasks"]
+        over = per_task - run["solver_cpu_ms_per_task"] / 1e3
+        run["cpu_overhead_ms_per_task_after_startup"] = round(1e3 * over, 3)
+        run["cpu_overhead_fraction_after_startup"] = round(
+            over / (run["solver_cpu_ms_per_task"] / 1e3), 3)
+    dask_ms = bare["cpu_overhead_ms_per_task_after_startup"] - \
+        serial_bare["cpu_overhead_ms_per_task"]
+    return {"per_task_costs_us": costs, "serial": serial, "serial_no_cache": serial_bare,
+            "local": cluster, "local_no_cache": bare,
+            "dask_overhead_ms_per_task": round(dask_ms, 3),
+            "dask_overhead_fraction": round(dask_ms / serial_bare["solver_cpu_ms_per_task"], 3),
+            "cluster_fixed_cost": {"wall_s": fixed["wall_s"], "cpu_s": round(fixed_cpu, 3)},
+            "speedup_wall": round(serial["wall_s"] / cluster["wall_s"], 3),
+            "speedup_execute": round(serial["execute_wall_s"] / cluster["execute_wall_s"], 3)}
+
+
+def bench_meep(options: dict[str, Any], tasks: int) -> dict[str, Any]:
+    from qdcavity.registry import default_registry
+    from qdcavity.study import Study
+
+    reg = default_registry()
+    if "meep" not in reg.backends:
+        return {"skipped": "no 'meep' backend registered (plugins/meep not wired yet)"}
+    status = reg.backends["meep"].availability()
+    if not status.available:
+        return {"skipped": f"meep backend unavailable: {status.reason}"}
+    if "reflectance" not in reg.backends["meep"].analyses:
+        return {"skipped": "meep backend does not answer 'reflectance'"}
+    study = Study(name="bench-meep", stack="TE-DIZO", backend="meep", backend_options=options,
+                  analyses=[{"kind": "reflectance",
+                             "wavelength_nm": {"start": 580, "stop": 680, "num": 21}}],
+                  sweep={"axes": {"IZO_top.thickness_nm": [80.0 + 5 * i for i in range(tasks)]}})
+    # wall clock only: Meep runs in a subprocess of the worker, so the CPU split is meaningless
+    keep = ("executor", "tasks", "workers", "failed", "wall_s", "execute_wall_s",
+            "solver_ms_per_task", "batches", "max_batch_size", "ok")
+    one = timed_run(study, executor="local", workers=1, batch_size=1)
+    one = {k: one[k] for k in keep}
+    print(f"meep x1     : {json.dumps(one)}", flush=True)
+    two = timed_run(study, executor="local", workers=2, batch_size=1)
+    two = {k: two[k] for k in keep}
+    print(f"meep x2     : {json.dumps(two)}", flush=True)
+    return {"one_worker": one, "two_workers": two,
+            "speedup_execute": round(one["execute_wall_s"] / two["execute_wall_s"], 3),
+            "target": 1.7}
+
+
+def report_tmm(out: dict[str, Any], args: argparse.Namespace) -> None:
+    t = out["tmm"]
+    loc, bare, ser = t["local"], t["local_no_cache"], t["serial"]
+    print(f"\nTMM {args.points} points ({ser['solver_cpu_ms_per_task']} ms solver CPU per task): "
+          f"serial {ser['throughput_per_s']}/s, local x{args.workers} "
+          f"{loc['throughput_per_s']}/s (no cache {bare['throughput_per_s']}/s): ratio "
+          f"{t['speedup_wall']}")
+    print(f"cluster start-up and shut-down: {t['cluster_fixed_cost']['wall_s']} s, "
+          f"{t['cluster_fixed_cost']['cpu_s']} CPU s")
+    print(f"CPU overhead per task beyond the solver, start-up excluded: "
+          f"{loc['cpu_overhead_ms_per_task_after_startup']} ms "
+          f"({100 * loc['cpu_overhead_fraction_after_startup']:.0f} %) with the cache, "
+          f"{bare['cpu_overhead_ms_per_task_after_startup']} ms "
+          f"({100 * bare['cpu_overhead_fraction_after_startup']:.0f} %) without; serial "
+          f"{ser['cpu_overhead_ms_per_task']} ms ({100 * ser['cpu_overhead_fraction']:.0f} %)")
+    print(f"of which dask (cluster minus serial, both without cache): "
+          f"{t['dask_overhead_ms_per_task']} ms per task "
+          f"({100 * t['dask_overhead_fraction']:.0f} % of solver CPU); the rest is per-task work "
+          f"every executor does (see 'per task (us)')")
+    print(f"load average {out['load_before'][0]:.1f} -> {out['load_after'][0]:.1f} on "
+          f"{out['cpus']} cores")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-meep", action="store_true")
+    parser.add_argument("--skip-tmm", action="store_true")
+    parser.add_argument("--meep-tasks", type=int, default=8)
+    parser.add_argument("--meep-options", default="{}", help="backend_options for meep (JSON)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--cache-base", help="folder for the caches (default: the temp folder)")
+    args = parser.parse_args(argv)
+    global CACHE_BASE
+    CACHE_BASE = args.cache_base
+
+    out: dict[str, Any] = {"load_before": os.getloadavg(), "cpus": os.cpu_count(),
+                           "python": sys.version.split()[0]}
+    if not args.skip_tmm:
+        out["tmm"] = bench_tmm(args.points, args.workers)
+    if not args.skip_meep:
+        out["meep"] = bench_meep(json.loads(args.meep_options), args.meep_tasks)
+        if "skipped" in out["meep"]:
+            print(f"meep        : skipped: {out['meep']['skipped']}")
+    out["load_after"] = os.getloadavg()
+    if "tmm" in out:
+        report_tmm(out, args)
+    meep = out.get("meep", {})
+    if "speedup_execute" in meep:
+        print(f"Meep, {args.meep_tasks} reflectance tasks: 1 worker "
+              f"{meep['one_worker']['execute_wall_s']} s, 2 workers "
+              f"{meep['two_workers']['execute_wall_s']} s: {meep['speedup_execute']}x "
+              f"(target {meep['target']}x)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

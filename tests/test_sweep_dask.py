@@ -1,0 +1,183 @@
+"""Sweeps on a real dask LocalCluster (two worker processes): results, retries, lost workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import xarray as xr
+from distributed.scheduler import KilledWorker
+
+from qdcavity.cache import TaskCache, unpack
+from qdcavity.executors import Driver, ExecConfig, InlinePool
+from qdcavity.runner import execute_study, expand, task_keys
+from qdcavity.study import Study
+
+# ~15 ms of TMM per task on this machine: long enough to kill a worker in the middle of a batch
+HEAVY = {"kind": "reflectance", "wavelength_nm": {"start": 450, "stop": 750, "num": 800},
+         "angle_deg": [0, 20, 40, 60]}
+
+
+def sweep(n_izo: int, n_qd: int, analysis: dict | None = None) -> Study:
+    return Study(stack="TE-DIZO", analyses=[analysis or HEAVY], sweep={"axes": {
+        "IZO_top.thickness_nm": [80.0 + 5 * i for i in range(n_izo)],
+        "QD.thickness_nm": [20.0 + 2 * i for i in range(n_qd)]}})
+
+
+@pytest.mark.slow
+def test_local_cluster_two_workers_matches_in_process(tmp_path: Path) -> None:
+    study = sweep(6, 5, {"kind": "reflectance", "wavelength_nm": [600, 630, 660]})
+    ds, rep = execute_study(study, executor="local", workers=2, batch_size=3,
+                            cache_dir=tmp_path / "c")
+    assert rep.executor == "local" and rep.max_workers == 2
+    assert len(rep.workers_used) == 2, rep.workers_used  # both worker processes computed
+    assert all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in rep.workers_used)
+    assert rep.n_computed == 30 and rep.n_failed == 0 and rep.n_batches == 10
+    assert rep.n_written_by_workers == 30  # the workers see the cache folder: they write it
+    ref = execute_study(study, executor="inprocess", use_cache=False)[0]
+    xr.testing.assert_identical(ds.drop_attrs(), ref.drop_attrs())
+    assert json.loads(ds.attrs["run"])["executor"] == "local"
+
+
+@pytest.mark.slow
+def test_existing_scheduler_address(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    study = sweep(3, 3, {"kind": "reflectance", "wavelength_nm": [630]})
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", silence_logs=40) as cluster:
+        ds, rep = execute_study(study, executor="address", address=cluster.scheduler_address,
+                                cache_dir=tmp_path / "c")
+    assert rep.executor == "address" and rep.max_workers == 2
+    assert rep.n_computed == 9 and rep.n_written_by_workers == 9
+    assert rep.dashboard and rep.dashboard.startswith("http")
+    ref = execute_study(study, executor="inprocess", use_cache=False)[0]
+    xr.testing.assert_identical(ds.drop_attrs(), ref.drop_attrs())
+
+
+def _worker_pids(exclude: set[int]) -> list[int]:
+    import psutil
+
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in cmd and "resource_tracker" not in cmd and child.pid not in exclude:
+            out.append(child.pid)
+    return out
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried(tmp_path: Path) -> None:
+    """SIGKILL one of two workers in the middle of a batch: its batch is resubmitted, the
+    tasks it had already finished come from the cache, and the sweep completes."""
+    import psutil
+
+    study = sweep(8, 6)  # 48 tasks, batches of 8
+    cache_dir = tmp_path / "c"
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            by_pid: Counter[int] = Counter()
+            for path in cache_dir.glob("??/*.qdc"):
+                try:
+                    header, _ = unpack(path.stem, path.read_bytes())
+                except Exception:  # noqa: BLE001  being written
+                    continue
+                by_pid[header["by"]["pid"]] += 1
+            for pid, n in by_pid.items():
+                if 1 <= n % 8 <= 5 and pid in _worker_pids(before):  # mid-batch
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    ds, rep = execute_study(study, executor="local", workers=2, batch_size=8, retries=2,
+                            cache_dir=cache_dir)
+    thread.join(5)
+    assert killed, "no worker was killed (the sweep finished too fast?)"
+    assert rep.n_retried >= 1, rep
+    assert rep.n_failed == 0 and (ds.status == "ok").all()
+    assert rep.n_computed == 48
+    ref = execute_study(study, executor="inprocess", use_cache=False)[0]
+    xr.testing.assert_identical(ds.drop_attrs(), ref.drop_attrs())
+
+
+LOST = SimpleNamespace(address="tcp://10.0.0.1:4000")
+
+
+class FlakyPool(InlinePool):
+    """Runs batches here, but the first ``losses`` batches come back as a lost worker."""
+
+    def __init__(self, losses: int, exc: BaseException) -> None:
+        super().__init__()
+        self.losses, self.exc, self.calls = losses, exc, 0
+
+    def wait(self, handles, timeout):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.calls <= self.losses:
+            handle, _ = self._queue.popleft()
+            return [(handle, self.exc)]
+        return super().wait(handles, timeout)
+
+
+@pytest.mark.parametrize(("losses", "retries", "exc", "failed", "retried"), [
+    (2, 2, KilledWorker("t", LOST, 0), 0, 2),          # transient: retried, then fine
+    (3, 2, KilledWorker("t", LOST, 0), 1, 2),          # transient, too often: failed
+    (1, 0, ConnectionError("gone"), 1, 0),         # retries = 0
+    (1, 5, RuntimeError("cannot unpickle"), 1, 0),  # permanent: never retried
+])
+def test_retry_policy(monkeypatch: pytest.MonkeyPatch, losses: int, retries: int,
+                      exc: BaseException, failed: int, retried: int) -> None:
+    import qdcavity.executors as ex
+
+    study = Study(stack="TE-DIZO", analyses=[{"kind": "reflectance", "wavelength_nm": 630}])
+    tasks = expand(study)
+    pool = FlakyPool(losses, exc)
+    monkeypatch.setattr(ex, "open_pool", lambda cfg: _Ctx(pool))
+    cfg = ExecConfig(kind="inprocess", retries=retries, batch_size=1)
+    driver = Driver(tasks, task_keys(tasks), None, cfg)
+    results = driver.run()
+    assert driver.report.n_failed == failed and driver.report.n_retried == retried
+    if failed:
+        assert results[0].status == "failed"
+        assert type(exc).__name__ in results[0].error
+        if retried:
+            assert "lost 3 time(s) with its worker" in results[0].error
+    else:
+        assert results[0].status == "ok"
+
+
+class _Ctx:
+    def __init__(self, pool: InlinePool) -> None:
+        self.pool = pool
+
+    def __enter__(self) -> InlinePool:
+        return self.pool
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.close()
+
+
+def test_tiny_local_sweep_runs_in_process(tmp_path: Path) -> None:
+    """No cluster start-up for a sweep that takes milliseconds (unless workers are asked for)."""
+    study = sweep(2, 2, {"kind": "reflectance", "wavelength_nm": [630]})
+    t0 = time.monotonic()
+    ds, rep = execute_study(study, executor="local", cache_dir=tmp_path)
+    assert rep.executor.startswith("local (ran in-process")
+    assert (ds.status == "ok").all() and time.monotonic() - t0 < 10
+    assert TaskCache(tmp_path).stats.corrupt == 0
