@@ -138,6 +138,9 @@ class OutcouplingAnalysis(Analysis):
     the particulate QD film; each scattering event radiates like a dipole along the mode's E
     field in the gain layer. ``alpha_sca_cm`` is given directly, or computed from a particle
     model (radius, volume fraction, particle and host materials; Mie or Rayleigh).
+    ``geometry = "2d"`` makes the particles infinite cylinders (area fraction
+    ``volume_fraction``) and the dipoles line dipoles: the y-invariant world of a 2D full-wave
+    cell, for comparison with Meep.
     ``material_gain_cm`` is a number or a spectrum ``{wavelength_nm = [...], gain_cm = [...]}``
     (linear interpolation); ``gain_scan_cm`` are the G_mat values of the VSL curves.
     """
@@ -158,6 +161,10 @@ class OutcouplingAnalysis(Analysis):
     stripe_length_um: tuple[float, ...] = tuple(float(x) for x in range(0, 2001, 100))
     angle_points: int = Field(91, ge=3, le=10_000)
     positions: int = Field(5, ge=1, le=50, description="dipole heights averaged in the layer")
+    geometry: Literal["3d", "2d"] = Field(
+        "3d", description="3d: spherical particles re-radiating as point dipoles; 2d: a "
+        "y-invariant world (infinite cylinders re-radiating as line dipoles), the geometry of "
+        "a 2D full-wave cell (docs/outcoupling.md)")
 
     _wl = field_validator("wavelength_nm", mode="before")(lambda cls, v: _wavelengths(v))
 
