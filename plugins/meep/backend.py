@@ -123,6 +123,9 @@ class MeepBackend(Backend):
 
     def run(self, stack: Stack, analysis: Analysis, options: Mapping[str, Any]) -> xr.Dataset:
         opts = resolve_options(analysis.kind, options)
+        # every wavelength must lie inside every material's data (no extrapolation), checked
+        # before any fit or simulation: WavelengthRangeError names the medium and material
+        stack.indices(list(analysis.wavelength_nm))
         runner.probe(opts["interpreter"], opts["launcher"])  # BackendError if unusable
         if isinstance(analysis, ReflectanceAnalysis):
             from .reflectance import run_reflectance
