@@ -20,6 +20,20 @@ the canonical stack, analysis, backend options, backend name and backend version
   per file: a 10,000-point TMM sweep (a few ms per task) reads and combines them as plain arrays
   (:class:`Record`). Results files of whole studies are netCDF (:mod:`qdcavity.results`).
 
+Packs: a batch of small tasks finished together (a few hundred TMM tasks of a millisecond
+each) is written as one file, ``<cache_dir>/packs/<time>-<random>.qdpack``, because creating a
+file costs far more than a millisecond solve on many file systems (about 0.5 ms here, more on
+Lustre/GPFS)::
+
+    QDPACK1\n
+    {"format": "qdr1", "entries": [{"key": ..., "offset": ..., "size": ..., "sha256": ...}]}\n
+    <payloads, one after the other>
+
+Packs are written atomically like entries and never modified. Each entry keeps its own checksum
+(a corrupt entry is recomputed alone); a key stored more than once (a recompute after a
+corruption) is read from the newest file. :class:`TaskCache` indexes the pack headers on first
+use and re-reads the folder on :meth:`TaskCache.refresh`.
+
 Failed tasks are not cached: a rerun tries them again.
 """
 
@@ -30,7 +44,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +55,11 @@ import xarray as xr
 from .errors import QdcavityError
 
 MAGIC = b"QDCACHE1\n"
+PACK_MAGIC = b"QDPACK1\n"
 FORMAT = "qdr1"
 SUFFIX = ".qdc"
+PACK_DIR = "packs"
+PACK_SUFFIX = ".qdpack"
 CACHE_ENV = "QDCAVITY_CACHE_DIR"
 TOKEN_FILE = "qdcavity-cache-id"
 
@@ -217,6 +234,47 @@ def unpack(key: str, blob: bytes) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
+def pack_many(items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]) -> bytes:
+    """The bytes of one pack file: a header listing every entry, then the payloads."""
+    entries, offset = [], 0
+    for key, payload, meta in items:
+        entries.append({**(meta or {}), "key": key, "offset": offset, "size": len(payload),
+                        "sha256": hashlib.sha256(payload).hexdigest()})
+        offset += len(payload)
+    header = json.dumps({"format": FORMAT, "created": time.time(), "entries": entries},
+                        sort_keys=True).encode()
+    return PACK_MAGIC + header + b"\n" + b"".join(payload for _, payload, _ in items)
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """Where one task's payload lies inside a pack file."""
+
+    path: Path
+    offset: int  # from the start of the file
+    size: int
+    sha256: str
+
+
+def read_pack_header(path: Path) -> list[tuple[str, PackEntry]]:
+    """The entries of a pack file (CorruptEntry if its header is unreadable)."""
+    with open(path, "rb") as fh:
+        if fh.read(len(PACK_MAGIC)) != PACK_MAGIC:
+            raise CorruptEntry("bad magic")
+        line = fh.readline()
+    if not line.endswith(b"\n"):
+        raise CorruptEntry("truncated header")
+    try:
+        header = json.loads(line)
+        if header["format"] != FORMAT:
+            raise CorruptEntry(f"format {header['format']!r}")
+        base = len(PACK_MAGIC) + len(line)
+        return [(str(e["key"]), PackEntry(path, base + int(e["offset"]), int(e["size"]),
+                                          str(e["sha256"]))) for e in header["entries"]]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptEntry("unreadable header") from None
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -233,6 +291,9 @@ class TaskCache:
         self.stats = CacheStats()
         self.corrupt_keys: list[str] = []
         self._dirs: set[Path] = set()
+        self._packs: dict[str, list[PackEntry]] | None = None  # key -> entries, newest last
+        self._packs_seen: set[str] = set()
+        self._pack_blobs: dict[Path, bytes] = {}  # the last packs read (lookups go in order)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -247,24 +308,88 @@ class TaskCache:
         return self.root / key[:2] / f"{key}{SUFFIX}"
 
     def __contains__(self, key: str) -> bool:
-        return self.path(key).exists()
+        return self.path(key).exists() or key in self._pack_index()
 
-    def get_payload(self, key: str) -> bytes | None:
-        """The verified payload, or None when absent or corrupt (corrupt ones are counted)."""
+    # ------------------------------------------------------------ packs
+    def _pack_index(self) -> dict[str, list[PackEntry]]:
+        if self._packs is None:
+            self._packs = {}
+            self.refresh()
+        return self._packs
+
+    def refresh(self) -> None:
+        """Index the pack files written since the last look (by other processes too)."""
+        index = self._pack_index()
+        try:
+            names = sorted(p.name for p in os.scandir(self.root / PACK_DIR)
+                           if p.name.endswith(PACK_SUFFIX) and p.name not in self._packs_seen)
+        except FileNotFoundError:
+            return
+        for name in names:  # names start with the write time: newest last
+            self._packs_seen.add(name)
+            try:
+                entries = read_pack_header(self.root / PACK_DIR / name)
+            except (OSError, CorruptEntry):
+                self.stats.corrupt += 1  # its tasks are simply missing: recomputed
+                continue
+            for key, entry in entries:
+                index.setdefault(key, []).append(entry)
+
+    def _pack_payload(self, key: str, entry: PackEntry) -> bytes:
+        blob = self._pack_blobs.get(entry.path)
+        if blob is None:
+            blob = entry.path.read_bytes()
+            if len(self._pack_blobs) >= 2:
+                self._pack_blobs.pop(next(iter(self._pack_blobs)))
+            self._pack_blobs[entry.path] = blob
+        payload = blob[entry.offset:entry.offset + entry.size]
+        if len(payload) != entry.size:
+            raise CorruptEntry("truncated pack")
+        if hashlib.sha256(payload).hexdigest() != entry.sha256:
+            raise CorruptEntry("checksum mismatch")
+        return payload
+
+    def _candidates(self, key: str) -> Iterator[bytes | None]:
+        """Every stored copy of ``key`` (the entry file, then packs newest first); None for
+        a copy that fails its checks."""
         try:
             blob = self.path(key).read_bytes()
         except FileNotFoundError:
-            self.stats.misses += 1
-            return None
+            pass
         except OSError:
-            blob = b""
-        try:
-            _, payload = unpack(key, blob)
-        except CorruptEntry:
+            yield None
+        else:
+            try:
+                yield unpack(key, blob)[1]
+            except CorruptEntry:
+                yield None
+        for entry in reversed(self._pack_index().get(key, ())):
+            try:
+                yield self._pack_payload(key, entry)
+            except (OSError, CorruptEntry):
+                yield None
+
+    def locate(self, key: str) -> Path | None:
+        """The file that holds ``key`` (an entry file or a pack), if any."""
+        if self.path(key).exists():
+            return self.path(key)
+        entries = self._pack_index().get(key)
+        return entries[-1].path if entries else None
+
+    # ------------------------------------------------------------ reading
+    def get_payload(self, key: str) -> bytes | None:
+        """The verified payload, or None when absent or corrupt (corrupt ones are counted)."""
+        seen_corrupt = False
+        for payload in self._candidates(key):
+            if payload is not None:
+                self.stats.hits += 1
+                return payload
+            seen_corrupt = True
+        if seen_corrupt:
             self._corrupt(key)
-            return None
-        self.stats.hits += 1
-        return payload
+        else:
+            self.stats.misses += 1
+        return None
 
     def _corrupt(self, key: str) -> None:
         self.stats.corrupt += 1
@@ -293,8 +418,31 @@ class TaskCache:
         if path.parent not in self._dirs:
             path.parent.mkdir(exist_ok=True)
             self._dirs.add(path.parent)
-        tmp = path.parent / f".{key[:16]}.{os.urandom(8).hex()}.tmp"  # unique across hosts
-        blob = pack(key, payload, meta)
+        self._write_atomic(path, pack(key, payload, meta))
+        self.stats.writes += 1
+        return path
+
+    def put_many(self, items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]) -> Path:
+        """Store several encoded datasets as one pack file (one entry file if just one)."""
+        if len(items) == 1:
+            return self.put_payload(*items[0])
+        folder = self.root / PACK_DIR
+        if folder not in self._dirs:
+            folder.mkdir(exist_ok=True)
+            self._dirs.add(folder)
+        path = folder / f"{time.time_ns():020d}-{os.urandom(6).hex()}{PACK_SUFFIX}"
+        self._write_atomic(path, pack_many(items))
+        self.stats.writes += len(items)
+        if self._packs is not None:
+            self._packs_seen.add(path.name)
+            for key, entry in read_pack_header(path):
+                self._packs.setdefault(key, []).append(entry)
+        return path
+
+    @staticmethod
+    def _write_atomic(path: Path, blob: bytes) -> None:
+        """Write to a unique temporary file in the same folder, then ``os.replace``."""
+        tmp = path.parent / f".{path.name[:16]}.{os.urandom(8).hex()}.tmp"  # unique across hosts
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -311,8 +459,6 @@ class TaskCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.stats.writes += 1
-        return path
 
     def put(self, key: str, ds: xr.Dataset, meta: Mapping[str, Any] | None = None) -> Path:
         return self.put_payload(key, encode_dataset(ds), meta)
@@ -335,8 +481,13 @@ class TaskCache:
         return path.read_text().strip()
 
     def keys(self) -> Iterator[str]:
+        """Every stored key, once (entry files and packs, as found now)."""
+        seen = set()
         for path in self.root.glob(f"??/*{SUFFIX}"):
+            seen.add(path.name.removesuffix(SUFFIX))
             yield path.name.removesuffix(SUFFIX)
+        self.refresh()
+        yield from (key for key in self._pack_index() if key not in seen)
 
     @classmethod
     def if_shared(cls, root: str, token: str) -> TaskCache | None:
@@ -354,7 +505,7 @@ class TaskCache:
     def clean_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Remove temporary files left by killed writers (only old ones: others may be live)."""
         now, removed = time.time(), 0
-        for path in self.root.glob("??/.*.tmp"):
+        for path in [*self.root.glob("??/.*.tmp"), *self.root.glob(f"{PACK_DIR}/.*.tmp")]:
             try:
                 if now - path.stat().st_mtime > older_than_s:
                     path.unlink()

@@ -71,6 +71,7 @@ class ExecConfig:
     slurm: Mapping[str, Any] = field(default_factory=dict)
     connect_timeout_s: float = 10.0
     target_batch_s: float = 0.25
+    cache_flush_s: float = 0.25
     min_cluster_work_s: float = 3.0
     base_dir: str = "."
 
@@ -88,12 +89,15 @@ class ExecConfig:
             raise ConfigError("retries must be >= 0", field="executor.retries")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size must be >= 1", field="executor.batch_size")
+        if self.cache_flush_s < 0:
+            raise ConfigError("cache_flush_s must be >= 0", field="executor.cache_flush_s")
 
     @classmethod
     def from_study(cls, study: Any, **overrides: Any) -> ExecConfig:
         ex = study.executor
         values = dict(kind=ex.kind, workers=ex.workers, address=ex.address, retries=ex.retries,
-                      batch_size=ex.batch_size, jobs=ex.jobs, slurm=dict(ex.slurm),
+                      batch_size=ex.batch_size, cache_flush_s=ex.cache_flush_s, jobs=ex.jobs,
+                      slurm=dict(ex.slurm),
                       base_dir=study.base_dir)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if overrides.get("address") and not overrides.get("kind"):
@@ -145,41 +149,57 @@ def _where() -> dict[str, Any]:
 
 
 def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
-              cache: tuple[str, str] | None = None) -> dict[str, Any]:
+              cache: tuple[str, str, float] | None = None) -> dict[str, Any]:
     """Run tasks one after the other (on a worker); never raises for a task's own error.
 
     Each result carries its dataset encoded (``payload``; the dataset itself if it cannot be
-    encoded). With ``cache = (folder, token)`` and that folder visible here (a local cluster, a
-    shared file system under SLURM), each finished task is also written to the cache right here,
-    as soon as it is done (``written``); otherwise the client writes it.
+    encoded). With ``cache = (folder, token, flush_s)`` and that folder visible here (a local
+    cluster, a shared file system under SLURM), finished tasks are also written to the cache
+    right here (``written``), grouped into one pack file per ``flush_s`` seconds of work (a
+    task that takes longer is written alone as soon as it is done); otherwise the client
+    writes them.
     """
     from .registry import default_registry
 
     default_registry()  # plugin loading is start-up cost, not solver time
-    store = TaskCache.if_shared(*cache) if cache and keys else None
+    store = TaskCache.if_shared(*cache[:2]) if cache and keys else None
+    flush_s = cache[2] if cache else 0.0
     where = _where()
-    out = []
+    out: list[dict[str, Any]] = []
+    unwritten: list[tuple[int, tuple[str, bytes, dict[str, Any]]]] = []
+    last_flush = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal store, last_flush
+        if store is not None and unwritten:
+            try:
+                store.put_many([item for _, item in unwritten])
+                for j, _ in unwritten:
+                    out[j]["written"] = True
+            except OSError:
+                store = None  # the client writes what is left
+        unwritten.clear()
+        last_flush = time.perf_counter()
+
     for i, task in enumerate(tasks):
         cpu0 = time.process_time()
         res = run_task(task)
         cpu = time.process_time() - cpu0
-        payload, ds, written = None, None, False
+        payload, ds = None, None
         if res.dataset is not None:
             try:
                 payload = encode_dataset(res.dataset)
             except CacheError:
                 ds = res.dataset
-        if payload is not None and store is not None:
-            try:
-                store.put_payload(keys[i], payload, {"backend": task.backend,
-                                                     "seconds": round(res.seconds, 6),
-                                                     "by": where})
-                written = True
-            except OSError:
-                pass
         out.append({"index": res.index, "status": res.status, "error": res.error,
                     "seconds": res.seconds, "cpu_seconds": cpu, "transient": res.transient,
-                    "payload": payload, "dataset": ds, "written": written})
+                    "payload": payload, "dataset": ds, "written": False})
+        if payload is not None and store is not None:
+            meta = {"backend": task.backend, "seconds": round(res.seconds, 6), "by": where}
+            unwritten.append((len(out) - 1, (keys[i], payload, meta)))
+            if time.perf_counter() - last_flush >= flush_s:
+                flush()
+    flush()
     return {"where": where, "results": out}
 
 
@@ -223,7 +243,7 @@ class InlinePool:
         return 1
 
     def submit(self, batch: Sequence[Task], keys: Sequence[str] = (),
-               cache: tuple[str, str] | None = None) -> int:
+               cache: tuple[str, str, float] | None = None) -> int:
         self._n += 1
         self._queue.append((self._n, (batch, keys, cache)))
         return self._n
@@ -262,7 +282,7 @@ class DaskPool:
         return 2 * max(self.workers(), 1)
 
     def submit(self, batch: Sequence[Task], keys: Sequence[str] = (),
-               cache: tuple[str, str] | None = None) -> Any:
+               cache: tuple[str, str, float] | None = None) -> Any:
         key = f"qdcavity-batch-{uuid.uuid4().hex[:12]}"
         fut = self.client.submit(run_batch, list(batch), list(keys), cache, key=key,
                                  pure=False, retries=0)
@@ -589,7 +609,8 @@ class Driver:
                  raw: bool = False) -> None:
         self.tasks, self.keys, self.cache, self.cfg = tasks, keys, cache, cfg
         self.raw = raw  # results hold cache.Record (cheap) instead of datasets
-        self.cache_spec = (str(cache.root), cache.token()) if cache is not None else None
+        self.cache_spec = ((str(cache.root), cache.token(), cfg.cache_flush_s)
+                           if cache is not None else None)
         self.progress = progress or NullProgress()
         self.results: list[TaskResult | None] = [None] * len(tasks)
         self.by_key: dict[str, list[int]] = {}
@@ -597,6 +618,7 @@ class Driver:
             self.by_key.setdefault(key, []).append(i)
         self.report = Report(executor=cfg.kind, n_tasks=len(tasks), n_unique=len(self.by_key))
         self.attempts: dict[str, int] = {}
+        self._unwritten: list[tuple[str, bytes, dict[str, Any]]] = []
         self.sizer = BatchSizer(cfg.batch_size, cfg.target_batch_s)
 
     # ------------------------------------------------------------ results
@@ -639,16 +661,22 @@ class Driver:
             elif self.cache is not None:
                 meta = {"backend": self.tasks[self.by_key[key][0]].backend,
                         "seconds": round(item["seconds"], 6), "by": _where()}
-                try:
-                    self.cache.put_payload(key, payload, meta)
-                except OSError as exc:
-                    self.progress.note(f"warning: cannot write the cache ({exc}); "
-                                       "continuing without it")
-                    self.cache = None
+                self._unwritten.append((key, payload, meta))
             ds = decode_record(payload) if self.raw else decode_dataset(payload)
         self._set(key, "ok", ds, seconds=item["seconds"])
         self.report.n_computed += n
         return n, 0
+
+    def _write_unwritten(self) -> None:
+        """Write what the workers could not (no shared folder): one pack per batch."""
+        if self.cache is not None and self._unwritten:
+            try:
+                self.cache.put_many(self._unwritten)
+            except OSError as exc:
+                self.progress.note(f"warning: cannot write the cache ({exc}); "
+                                   "continuing without it")
+                self.cache = None
+        self._unwritten.clear()
 
     def _lost(self, keys: list[str], exc: BaseException, pending: deque[str]
               ) -> tuple[int, int, int]:
@@ -660,6 +688,8 @@ class Driver:
         reason = _describe(exc)
         failed = recovered = 0
         retry = []
+        if self.cache is not None:
+            self.cache.refresh()  # packs the lost worker wrote before it died
         for key in keys:
             # the lost worker may have finished (and cached) part of its batch before dying
             rec = self.cache.get_record(key) if self.cache is not None else None
@@ -771,6 +801,7 @@ class Driver:
                         continue
                     a, b = self._accept(key, item)
                     ok, failed = ok + a, failed + b
+                self._write_unwritten()
                 self.progress.update(ok=ok, failed=failed)
 
 

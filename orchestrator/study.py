@@ -97,6 +97,7 @@ class Executor(BaseModel):
     address: str | None = None
     retries: int = Field(2, ge=0, le=20)
     batch_size: int | None = Field(None, ge=1)
+    cache_flush_s: float = Field(0.25, ge=0)
     jobs: int = Field(1, ge=1)
     slurm: dict[str, Any] = Field(default_factory=dict)
 

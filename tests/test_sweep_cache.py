@@ -147,3 +147,80 @@ def test_two_processes_sharing_one_cache(tmp_path: Path, refl: xr.Dataset) -> No
         np.testing.assert_allclose(back.R, refl.R * (1 + i))
     assert not list(tmp_path.glob("??/*.tmp"))
     assert reader.stats.corrupt == 0
+
+
+# ---------------------------------------------------------------- packs
+
+
+def _items(refl: xr.Dataset, idx: range) -> list[tuple[str, bytes, dict]]:
+    return [(key_of(i), encode_dataset(refl.assign(R=refl.R * (1 + i))), {"n": i}) for i in idx]
+
+
+def test_pack_round_trip_and_index(tmp_path: Path, refl: xr.Dataset) -> None:
+    """Many tasks in one pack file: each read back by key, listed by keys(), located."""
+    cache = TaskCache(tmp_path)
+    path = cache.put_many(_items(refl, range(10)))
+    assert path.parent.name == "packs" and path.suffix == ".qdpack"
+    assert len(list(tmp_path.rglob("*.qdpack"))) == 1 and not list(tmp_path.glob("??/*.qdc"))
+    fresh = TaskCache(tmp_path)  # another process: finds the pack by indexing the folder
+    for i in range(10):
+        assert key_of(i) in fresh and fresh.locate(key_of(i)) == path
+        np.testing.assert_allclose(fresh.get(key_of(i)).R, refl.R * (1 + i))
+    assert sorted(fresh.keys()) == sorted(key_of(i) for i in range(10))
+    assert fresh.stats.hits == 10 and fresh.stats.corrupt == 0
+    assert cache.put_many(_items(refl, range(10, 11))) == cache.path(key_of(10))  # one: a file
+
+
+def test_corrupt_pack_entry_is_recomputed_alone(tmp_path: Path, refl: xr.Dataset) -> None:
+    cache = TaskCache(tmp_path)
+    path = cache.put_many(_items(refl, range(4)))
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0xFF  # inside the last payload (key 3)
+    path.write_bytes(bytes(blob))
+    reader = TaskCache(tmp_path)
+    assert [reader.get(key_of(i)) is None for i in range(4)] == [False, False, False, True]
+    assert reader.stats.corrupt == 1 and reader.corrupt_keys == [key_of(3)]
+    # the recompute lands in a newer pack, which wins from then on (for every reader)
+    cache.put_many(_items(refl, range(3, 5)))
+    for r in (reader, TaskCache(tmp_path)):
+        r.refresh()
+        np.testing.assert_allclose(r.get(key_of(3)).R, refl.R * 4)
+
+
+def test_pack_with_broken_header_counts_as_missing(tmp_path: Path, refl: xr.Dataset) -> None:
+    cache = TaskCache(tmp_path)
+    path = cache.put_many(_items(refl, range(3)))
+    path.write_bytes(b"QDPACK1\n{not json")
+    reader = TaskCache(tmp_path)
+    assert reader.get(key_of(0)) is None and reader.stats.corrupt == 1
+    assert list(reader.keys()) == []
+
+
+def _pack_writer(root: str, payloads: list[bytes], seed: int) -> None:
+    cache = TaskCache(root)
+    order = np.random.default_rng(seed).permutation(len(payloads))
+    for chunk in np.array_split(order, 6):
+        cache.put_many([(key_of(int(i)), payloads[i], {"writer": seed}) for i in chunk])
+
+
+def test_two_processes_writing_packs(tmp_path: Path, refl: xr.Dataset) -> None:
+    """Two writers pack the same keys concurrently; a reader refreshing meanwhile never sees a
+    torn pack, and every key ends up readable."""
+    payloads = [encode_dataset(refl.assign(R=refl.R * (1 + i))) for i in range(60)]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_pack_writer, args=(str(tmp_path), payloads, s))
+             for s in (1, 2)]
+    for p in procs:
+        p.start()
+    reader = TaskCache(tmp_path)
+    while any(p.is_alive() for p in procs):
+        reader.refresh()
+        for key in list(reader.keys()):
+            assert reader.get(key) is not None
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    reader.refresh()
+    for i in range(60):
+        np.testing.assert_allclose(reader.get(key_of(i)).R, refl.R * (1 + i))
+    assert reader.stats.corrupt == 0 and not list(tmp_path.glob("packs/*.tmp"))

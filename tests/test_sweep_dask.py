@@ -106,8 +106,10 @@ def test_killed_worker_is_retried(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
+    # cache_flush_s=0: each task is written as soon as it is done (not one pack per batch), so
+    # a worker killed mid-batch leaves its finished tasks in the cache
     ds, rep = execute_study(study, executor="local", workers=2, batch_size=8, retries=2,
-                            cache_dir=cache_dir)
+                            cache_flush_s=0, cache_dir=cache_dir)
     thread.join(5)
     assert killed, "no worker was killed (the sweep finished too fast?)"
     assert rep.n_retried >= 1, rep

@@ -46,8 +46,9 @@ def cli(*args: str) -> list[str]:
 def entries(cache: TaskCache) -> dict[str, tuple[int, int]]:
     out = {}
     for key in cache.keys():
-        st = cache.path(key).stat()
-        out[key] = (st.st_ino, st.st_mtime_ns)
+        path = cache.locate(key)
+        st = path.stat()
+        out[key] = (str(path), st.st_ino, st.st_mtime_ns)
     return out
 
 
@@ -66,7 +67,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if sum(1 for _ in cache_dir.glob("??/*.qdc")) >= 10:
+            if sum(1 for _ in TaskCache(cache_dir).keys()) >= 10:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, proc.stdout.read().decode()

@@ -149,7 +149,7 @@ def test_cancelled_jobs_end_the_run_with_one_error_then_resume(slurm: Path, tmp_
     thread.start()
     deadline = time.monotonic() + 120
     while thread.is_alive() and time.monotonic() < deadline \
-            and len(list(cache_dir.glob("??/*.qdc"))) < 5:
+            and len(list(TaskCache(cache_dir).keys())) < 5:
         time.sleep(0.05)
     subprocess.run("squeue -h -o %i | xargs -r scancel", shell=True, check=True)
     thread.join(120)
