@@ -442,27 +442,40 @@ def _find_poles(
     return poles
 
 
-def _residue(g: _Geometry, p: _Pole, singular: np.ndarray) -> tuple[np.ndarray, float, bool]:
-    """Residues of the complex K_h, K_v integrands at a (quasi-)real pole, numerator / Delta'
-    (5-point central difference), the weight pi |residue| and whether an outer medium
-    radiates there."""
+def _at_pole(g: _Geometry, p: _Pole, singular: np.ndarray) -> tuple[_Characteristic, complex]:
+    """The characteristic functions at a (quasi-)real pole u_r and Delta'(u_r) (5-point
+    central difference) of the pole's polarization."""
     h = min(1e-5 * max(1.0, p.u), 0.1 * float(np.min(np.abs(singular - p.u))))
     u = p.u + h * np.array([0.0, 1.0, -1.0, 2.0, -2.0])
     with np.errstate(all="ignore"):
         c = _characteristic(g, u)
         dp = c.delta[:, p.pol]
         d1 = (8 * (dp[1] - dp[2]) - (dp[3] - dp[4])) / (12 * h)
-        lz, ur = c.lz[0], p.u
+    return c, d1
+
+
+def _residue_result(c: _Characteristic, p: _Pole, res: np.ndarray
+                    ) -> tuple[np.ndarray, float, bool]:
+    """(residues, weight pi |residue|, whether an outer medium radiates at the pole)."""
+    if not np.all(np.isfinite(res)):
+        raise ValueError(f"could not evaluate the residue of the resonance at u = {p.u:.9g}")
+    radiating = bool(np.max(np.abs([c.q_sup[0], c.q_sub[0]])) > 1e-13)
+    return res, float(np.pi * np.max(np.abs(res))), radiating
+
+
+def _residue(g: _Geometry, p: _Pole, singular: np.ndarray) -> tuple[np.ndarray, float, bool]:
+    """Residues of the complex K_h, K_v integrands at a (quasi-)real pole (numerator /
+    Delta'), the weight pi |residue| and whether an outer medium radiates there."""
+    c, d1 = _at_pole(g, p, singular)
+    lz, ur = c.lz[0], p.u
+    with np.errstate(all="ignore"):
         if p.pol == 0:
             res = np.array([0.75 * ur / lz * c.plus[0, 0] / d1, 0.0])
         else:
             res = np.array(
                 [0.75 * ur * lz * c.minus[0, 1] / d1, 1.5 * ur**3 / lz * c.plus[0, 1] / d1]
             )
-    if not np.all(np.isfinite(res)):
-        raise ValueError(f"could not evaluate the residue of the resonance at u = {p.u:.9g}")
-    radiating = bool(np.max(np.abs([c.q_sup[0], c.q_sub[0]])) > 1e-13)
-    return res, float(np.pi * np.max(np.abs(res))), radiating
+    return _residue_result(c, p, res)
 
 
 @dataclass
@@ -675,17 +688,124 @@ def _output_grid(u_hi: float, poles: list[_Pole]) -> np.ndarray:
     return u[(u >= 0) & (u <= u_hi)]
 
 
-def _evaluate(g: _Geometry, u: np.ndarray) -> np.ndarray:
-    """_spectra on a user grid; points on the emitter branch point u = 1 are nudged."""
-    u_eval = np.where(np.abs(u - 1.0) < 1e-12, 1.0 - _NUDGE, u)
-    with np.errstate(all="ignore"):
-        out = _spectra(g, u_eval)
-    return np.where(np.isfinite(out), out, 0.0)
-
-
 def _orient(x: np.ndarray) -> np.ndarray:
     """(h, v, ...) rows -> (horizontal, vertical, isotropic)."""
     return np.stack([x[0], x[1], (2 * x[0] + x[1]) / 3])
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """What distinguishes a dipole family: its spectra, its pole residues, its components.
+
+    ``spectra(g, u)`` returns (3 m, N) rows: m K components, then m P_top, then m P_bottom;
+    ``residue(g, pole, singular)`` the (m,) residues of the K rows with the pole's weight and
+    whether an outer medium radiates there; ``groups`` labels the 3 m rows for the error
+    control of the quadrature (rows of one dipole component share a label).
+    """
+
+    spectra: Callable[[_Geometry, np.ndarray], np.ndarray]
+    residue: Callable[[_Geometry, _Pole, np.ndarray], tuple[np.ndarray, float, bool]]
+    n_k: int
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.tile(np.arange(self.n_k), 3)
+
+
+@dataclass(frozen=True)
+class _Integrated:
+    """The channel integrals of one dipole family at one position."""
+
+    g: _Geometry
+    totals: np.ndarray  # (3 channel segments, 3 m rows)
+    error: np.ndarray  # (3 m,)
+    n_eval: int
+    poles: list[_Pole]  # resolvable ones, then delta-like ones
+    limits: tuple[float, float, float]
+    u_hi: float  # upper end of the default output grid
+    n_e: float
+    emitter_k: float
+
+
+def _checked_inputs(
+    n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, emitter: int, z_in_layer_nm: float,
+    u: np.ndarray | None, rtol: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    n = np.asarray(n, dtype=complex).ravel()
+    d = np.asarray(d_nm, dtype=float).ravel()
+    _validate(n, d, float(wavelength_nm), emitter, float(z_in_layer_nm))
+    if not 0 < rtol < 0.1:
+        raise ValueError(f"rtol must be in (0, 0.1), got {rtol}")
+    if u is not None:
+        u = np.asarray(u, dtype=float).ravel()
+        if np.any(~np.isfinite(u)) or np.any(u < 0):
+            raise ValueError("the output grid u must be finite and >= 0")
+    return n, d, u
+
+
+def _integrate(
+    kernel: _Kernel, n: np.ndarray, d: np.ndarray, wavelength_nm: float, emitter: int,
+    z_in_layer_nm: float, pole_hints: Sequence[float], rtol: float,
+) -> _Integrated:
+    """Pole-aware adaptive integration of a dipole family's spectra over u, per channel."""
+    n_e = float(n[emitter].real)
+    eps = n * n
+    eps[emitter] = n_e * n_e
+    g = _Geometry(eps=eps, d=np.concatenate([[0.0], d, [0.0]]), emitter=emitter, n_e=n_e,
+                  k0=2 * np.pi / float(wavelength_nm), z_plus=d[emitter - 1] - z_in_layer_nm,
+                  z_minus=float(z_in_layer_nm))
+    limits = _channel_limits(n, n_e)
+    singular = np.array([1.0, n[0].real / n_e, n[-1].real / n_e])
+    hints = np.real(np.asarray(pole_hints, dtype=complex)).ravel()
+    hints = hints[np.isfinite(hints) & (hints > 0)]
+
+    poles, tier2 = _classify_poles(g, n, singular, hints, rtol, kernel.residue)
+    pts, flags = _breakpoints(g, n, limits, poles, hints)
+    z_min = min(g.z_plus, g.z_minus)
+    tail_scale = max(0.5, 1.0 / (2 * g.k0 * n_e * z_min))
+    seg = _segments(pts, flags, tier2, limits, tail_scale)
+    m = kernel.n_k
+    res = np.array([p.residue for p in tier2]).reshape(-1, m) if tier2 else np.zeros((0, m))
+    pu = np.array([p.u + 1j * p.w for p in tier2])
+
+    def integrand(uu: np.ndarray, si: np.ndarray) -> np.ndarray:
+        """Spectra; in a tier-2 window [u_r, u_r + delta] the symmetric sum f(u_r + t) +
+        f(u_r - t) (the 1/t parts cancel) minus the pole's Lorentzian (added analytically)."""
+        pid = seg.pole[si]
+        sel = np.flatnonzero(pid >= 0)
+        mirror = 2 * pu[pid[sel]].real - uu[sel]
+        with np.errstate(all="ignore"):
+            out = kernel.spectra(g, np.concatenate([uu, mirror]))
+        out, out_m = out[:, : uu.size], out[:, uu.size :]
+        if sel.size:
+            out[:, sel] += out_m
+            r, up = res[pid[sel]], pu[pid[sel]]
+            pair = 1.0 / (uu[sel] - up) + 1.0 / (mirror - up)
+            out[:m, sel] -= (r * pair[:, None]).real.T
+        return out
+
+    per_seg, err, n_eval = _adaptive_gk(integrand, seg, 3 * m, rtol, kernel.groups)
+    totals = np.zeros((3, 3 * m))  # channel segment x row
+    np.add.at(totals, seg.channel, per_seg)
+    for i, p in enumerate(tier2):  # delta-like poles: analytic window integral, all in K
+        ch = 0 if p.u < limits[1] else (1 if p.u < limits[2] else 2)
+        delta = seg.b[seg.pole == i].max() - p.u
+        totals[ch, :m] += -2.0 * np.arctan2(delta, p.w) * p.residue.imag
+    return _Integrated(g=g, totals=totals, error=err, n_eval=n_eval, poles=poles + tier2,
+                       limits=limits, u_hi=max(float(pts.max()) * 1.25, 1.5), n_e=n_e,
+                       emitter_k=float(n[emitter].imag))
+
+
+def _evaluate_on(kernel: _Kernel, g: _Geometry, u: np.ndarray) -> np.ndarray:
+    """A family's spectra on an output grid; points on the branch point u = 1 are nudged."""
+    u_eval = np.where(np.abs(u - 1.0) < 1e-12, 1.0 - _NUDGE, u)
+    with np.errstate(all="ignore"):
+        out = kernel.spectra(g, u_eval)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _output_grid_for(it: _Integrated, u: np.ndarray | None) -> np.ndarray:
+    return _output_grid(it.u_hi, it.poles) if u is None else u
 
 
 def dipole_emission(
@@ -715,65 +835,12 @@ def dipole_emission(
 
     See the module docstring for formulas, normalization and channel definitions.
     """
-    n = np.asarray(n, dtype=complex).ravel()
-    d = np.asarray(d_nm, dtype=float).ravel()
-    wl, z = float(wavelength_nm), float(z_in_layer_nm)
-    _validate(n, d, wl, emitter, z)
-    if not 0 < rtol < 0.1:
-        raise ValueError(f"rtol must be in (0, 0.1), got {rtol}")
-    if u is not None:
-        u = np.asarray(u, dtype=float).ravel()
-        if np.any(~np.isfinite(u)) or np.any(u < 0):
-            raise ValueError("the output grid u must be finite and >= 0")
-    n_e = float(n[emitter].real)
-    eps = n * n
-    eps[emitter] = n_e * n_e
-    d_full = np.concatenate([[0.0], d, [0.0]])
-    g = _Geometry(eps=eps, d=d_full, emitter=emitter, n_e=n_e, k0=2 * np.pi / wl,
-                  z_plus=d[emitter - 1] - z, z_minus=z)
-    limits = _channel_limits(n, n_e)
-    singular = np.array([1.0, n[0].real / n_e, n[-1].real / n_e])
-    hints = np.real(np.asarray(pole_hints, dtype=complex)).ravel()
-    hints = hints[np.isfinite(hints) & (hints > 0)]
-
-    poles, tier2 = _classify_poles(g, n, singular, hints, rtol)
-    pts, flags = _breakpoints(g, n, limits, poles, hints)
-    z_min = min(g.z_plus, g.z_minus)
-    tail_scale = max(0.5, 1.0 / (2 * g.k0 * n_e * z_min))
-    seg = _segments(pts, flags, tier2, limits, tail_scale)
-
-    res = np.array([p.residue for p in tier2]).reshape(-1, 2) if tier2 else np.zeros((0, 2))
-    pu = np.array([p.u + 1j * p.w for p in tier2])
-
-    def integrand(uu: np.ndarray, si: np.ndarray) -> np.ndarray:
-        """Spectra; in a tier-2 window [u_r, u_r + delta] the symmetric sum f(u_r + t) +
-        f(u_r - t) (the 1/t parts cancel) minus the pole's Lorentzian (added analytically)."""
-        pid = seg.pole[si]
-        m = np.flatnonzero(pid >= 0)
-        mirror = 2 * pu[pid[m]].real - uu[m]
-        with np.errstate(all="ignore"):
-            out = _spectra(g, np.concatenate([uu, mirror]))
-        out, out_m = out[:, : uu.size], out[:, uu.size :]
-        if m.size:
-            out[:, m] += out_m
-            r, up = res[pid[m]], pu[pid[m]]
-            pair = 1.0 / (uu[m] - up) + 1.0 / (mirror - up)
-            out[:2, m] -= (r * pair[:, None]).real.T
-        return out
-
-    per_seg, err, n_eval = _adaptive_gk(integrand, seg, 6, rtol, np.array([0, 1, 0, 1, 0, 1]))
-    totals = np.zeros((3, 6))  # channel segment x component
-    np.add.at(totals, seg.channel, per_seg)
-    for i, p in enumerate(tier2):  # delta-like poles: analytic window integral, all in R
-        ch = 0 if p.u < limits[1] else (1 if p.u < limits[2] else 2)
-        delta = seg.b[seg.pole == i].max() - p.u
-        totals[ch, :2] += -2.0 * np.arctan2(delta, p.w) * p.residue.imag
-
-    fractions, purcell = _fractions(totals)
-    all_poles = poles + tier2
-    u_hi = max(float(pts.max()) * 1.25, 1.5)
-    u_out = _output_grid(u_hi, all_poles) if u is None else u
-    spec = _evaluate(g, u_out)
+    n, d, u = _checked_inputs(n, d_nm, wavelength_nm, emitter, z_in_layer_nm, u, rtol)
+    it = _integrate(POINT_DIPOLES, n, d, wavelength_nm, emitter, float(z_in_layer_nm),
+                    pole_hints, rtol)
+    fractions, purcell = _fractions(it.totals)
+    u_out = _output_grid_for(it, u)
+    spec = _evaluate_on(POINT_DIPOLES, it.g, u_out)
     return DipoleResult(
         u=u_out,
         K=_orient(spec[0:2]),
@@ -781,15 +848,15 @@ def dipole_emission(
         P_bottom=_orient(spec[4:6]),
         purcell=purcell,
         fractions=fractions,
-        u_air=limits[0],
-        u_esc=limits[1],
-        u_wg=limits[2],
-        n_emitter=n_e,
-        emitter_k_ignored=float(n[emitter].imag),
-        poles=np.array([p.u + 1j * p.w for p in all_poles], dtype=complex),
-        pole_polarization=tuple("sp"[p.pol] for p in all_poles),
-        error_estimate=_orient(err[0:2]),
-        n_evaluations=n_eval + spec.shape[1],
+        u_air=it.limits[0],
+        u_esc=it.limits[1],
+        u_wg=it.limits[2],
+        n_emitter=it.n_e,
+        emitter_k_ignored=it.emitter_k,
+        poles=np.array([p.u + 1j * p.w for p in it.poles], dtype=complex),
+        pole_polarization=tuple("sp"[p.pol] for p in it.poles),
+        error_estimate=_orient(it.error[0:2]),
+        n_evaluations=it.n_eval + spec.shape[1],
     )
 
 
@@ -805,7 +872,8 @@ def _spp_index(n: np.ndarray) -> float:
 
 
 def _classify_poles(
-    g: _Geometry, n: np.ndarray, singular: np.ndarray, hints: np.ndarray, rtol: float
+    g: _Geometry, n: np.ndarray, singular: np.ndarray, hints: np.ndarray, rtol: float,
+    residue: Callable[[_Geometry, _Pole, np.ndarray], tuple[np.ndarray, float, bool]],
 ) -> tuple[list[_Pole], list[_Pole]]:
     """Split resonances into resolvable poles (breakpoints) and delta-like ones (residue)."""
     scan_max = 1.2 * max(float(np.max(np.abs(n.real))) / g.n_e, 1.0, _spp_index(n) / g.n_e) + 0.3
@@ -816,7 +884,7 @@ def _classify_poles(
         if p.w >= _W_MIN * max(1.0, p.u):
             poles.append(p)
             continue
-        res, weight, radiating = _residue(g, p, singular)
+        res, weight, radiating = residue(g, p, singular)
         if not radiating:
             tier2.append(_Pole(u=p.u, w=p.w, pol=p.pol, residue=res))
         elif weight <= 10 * rtol:  # too light to matter: breakpoints only
@@ -841,3 +909,7 @@ def _fractions(totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     powers = _orient(powers.T)  # (3, 5)
     purcell = powers.sum(axis=1)
     return powers / purcell[:, None], purcell
+
+
+#: Point dipoles (horizontal, vertical): K rows h, v; P_top rows h, v; P_bottom rows h, v.
+POINT_DIPOLES = _Kernel(spectra=_spectra, residue=_residue, n_k=2)

@@ -47,53 +47,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dipole import (
-    _W_MIN,
-    CHANNELS,
-    _adaptive_gk,
+    DipoleResult,
     _amplitudes,
-    _breakpoints,
-    _channel_limits,
-    _characteristic,
-    _find_poles,
+    _at_pole,
+    _checked_inputs,
+    _evaluate_on,
     _Geometry,
-    _output_grid,
+    _integrate,
+    _Kernel,
+    _output_grid_for,
     _Pole,
-    _segments,
-    _spp_index,
-    _validate,
+    _residue_result,
 )
 
 ORIENTATIONS_2D = ("y", "x", "z")
-_NUDGE = 1e-9
 _PI = np.pi
 
 
 @dataclass(frozen=True, eq=False)
-class LineDipoleResult:
+class LineDipoleResult(DipoleResult):
     """Line-dipole emission at one wavelength (rows in ``ORIENTATIONS_2D`` = y, x, z).
 
     u : (U,) output grid; K, P_top, P_bottom : (3, U) power per du (both signs of kx);
     purcell : (3,) int K du; fractions : (3, 5) over ``CHANNELS``; u_air, u_esc, u_wg, n_emitter,
-    poles, pole_polarization, error_estimate, n_evaluations as in :class:`.dipole.DipoleResult`.
+    poles, pole_polarization, error_estimate, n_evaluations as in :class:`.dipole.DipoleResult`
+    (of which it is the 2D variant).
     """
 
-    u: np.ndarray
-    K: np.ndarray
-    P_top: np.ndarray
-    P_bottom: np.ndarray
-    purcell: np.ndarray
-    fractions: np.ndarray
-    u_air: float
-    u_esc: float
-    u_wg: float
-    n_emitter: float
-    emitter_k_ignored: float
-    poles: np.ndarray
-    pole_polarization: tuple[str, ...]
-    error_estimate: np.ndarray
-    n_evaluations: int
     orientations: tuple[str, ...] = ORIENTATIONS_2D
-    channels: tuple[str, ...] = CHANNELS
 
     def angular_distribution(self, theta_rad: np.ndarray, n_air: float) -> np.ndarray:
         """(3, T) power per radian in the superstrate's x-z plane at angles theta from the
@@ -138,46 +119,15 @@ def _spectra2d(g: _Geometry, u: np.ndarray) -> np.ndarray:
 def _residue2d(g: _Geometry, p: _Pole, singular: np.ndarray) -> tuple[np.ndarray, float, bool]:
     """Residues (3,) of the complex K_y, K_x, K_z integrands at a (quasi-)real pole, its
     weight pi |residue| and whether an outer medium radiates there (as dipole._residue)."""
-    h = min(1e-5 * max(1.0, p.u), 0.1 * float(np.min(np.abs(singular - p.u))))
-    u = p.u + h * np.array([0.0, 1.0, -1.0, 2.0, -2.0])
+    c, d1 = _at_pole(g, p, singular)
+    lz, ur = c.lz[0], p.u
     with np.errstate(all="ignore"):
-        c = _characteristic(g, u)
-        dp = c.delta[:, p.pol]
-        d1 = (8 * (dp[1] - dp[2]) - (dp[3] - dp[4])) / (12 * h)
-        lz, ur = c.lz[0], p.u
         if p.pol == 0:
             res = np.array([(2 / _PI) / lz * c.plus[0, 0] / d1, 0.0, 0.0])
         else:
             res = np.array([0.0, (4 / _PI) * lz * c.minus[0, 1] / d1,
                             (4 / _PI) * ur**2 / lz * c.plus[0, 1] / d1])
-    if not np.all(np.isfinite(res)):
-        raise ValueError(f"could not evaluate the residue of the resonance at u = {p.u:.9g}")
-    radiating = bool(np.max(np.abs([c.q_sup[0], c.q_sub[0]])) > 1e-13)
-    return res, float(np.pi * np.max(np.abs(res))), radiating
-
-
-def _classify_poles2d(g: _Geometry, n: np.ndarray, singular: np.ndarray, hints: np.ndarray,
-                      rtol: float) -> tuple[list[_Pole], list[_Pole]]:
-    """Resolvable poles (breakpoints) and delta-like ones (residue), as dipole._classify_poles
-    with the 2D residues."""
-    scan_max = 1.2 * max(float(np.max(np.abs(n.real))) / g.n_e, 1.0, _spp_index(n) / g.n_e) + 0.3
-    scan_max = min(scan_max, 10.0)
-    poles, tier2 = [], []
-    for p in _find_poles(g, scan_max, hints, singular):
-        if p.w >= _W_MIN * max(1.0, p.u):
-            poles.append(p)
-            continue
-        res, weight, radiating = _residue2d(g, p, singular)
-        if not radiating:
-            tier2.append(_Pole(u=p.u, w=p.w, pol=p.pol, residue=res))
-        elif weight <= 10 * rtol:
-            poles.append(_Pole(u=p.u, w=max(p.w, 1e-13 * max(1.0, p.u)), pol=p.pol))
-        else:
-            raise ValueError(
-                f"a resonance at u = {p.u:.9g} ({'sp'[p.pol]}) is narrower than {_W_MIN:g} "
-                f"(width {p.w:.2g}) while an outer medium radiates there; add some absorption "
-                "(k >= ~1e-7) to the layers that guide it")
-    return poles, tier2
+    return _residue_result(c, p, res)
 
 
 def _fractions2d(totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,72 +154,24 @@ def line_dipole_emission(
     Arguments as :func:`.dipole.dipole_emission` (the emitter layer's Im(n) is ignored). See the
     module docstring for formulas, normalization and channels.
     """
-    n = np.asarray(n, dtype=complex).ravel()
-    d = np.asarray(d_nm, dtype=float).ravel()
-    wl, z = float(wavelength_nm), float(z_in_layer_nm)
-    _validate(n, d, wl, emitter, z)
-    if not 0 < rtol < 0.1:
-        raise ValueError(f"rtol must be in (0, 0.1), got {rtol}")
-    if u is not None:
-        u = np.asarray(u, dtype=float).ravel()
-        if np.any(~np.isfinite(u)) or np.any(u < 0):
-            raise ValueError("the output grid u must be finite and >= 0")
-    n_e = float(n[emitter].real)
-    eps = n * n
-    eps[emitter] = n_e * n_e
-    g = _Geometry(eps=eps, d=np.concatenate([[0.0], d, [0.0]]), emitter=emitter, n_e=n_e,
-                  k0=2 * np.pi / wl, z_plus=d[emitter - 1] - z, z_minus=z)
-    limits = _channel_limits(n, n_e)
-    singular = np.array([1.0, n[0].real / n_e, n[-1].real / n_e])
-    hints = np.real(np.asarray(pole_hints, dtype=complex)).ravel()
-    hints = hints[np.isfinite(hints) & (hints > 0)]
-
-    poles, tier2 = _classify_poles2d(g, n, singular, hints, rtol)
-    pts, flags = _breakpoints(g, n, limits, poles, hints)
-    z_min = min(g.z_plus, g.z_minus)
-    tail_scale = max(0.5, 1.0 / (2 * g.k0 * n_e * z_min))
-    seg = _segments(pts, flags, tier2, limits, tail_scale)
-    res = np.array([p.residue for p in tier2]).reshape(-1, 3) if tier2 else np.zeros((0, 3))
-    pu = np.array([p.u + 1j * p.w for p in tier2])
-
-    def integrand(uu: np.ndarray, si: np.ndarray) -> np.ndarray:
-        pid = seg.pole[si]
-        m = np.flatnonzero(pid >= 0)
-        mirror = 2 * pu[pid[m]].real - uu[m]
-        with np.errstate(all="ignore"):
-            out = _spectra2d(g, np.concatenate([uu, mirror]))
-        out, out_m = out[:, : uu.size], out[:, uu.size:]
-        if m.size:
-            out[:, m] += out_m
-            r, up = res[pid[m]], pu[pid[m]]
-            pair = 1.0 / (uu[m] - up) + 1.0 / (mirror - up)
-            out[:3, m] -= (r * pair[:, None]).real.T
-        return out
-
-    per_seg, err, n_eval = _adaptive_gk(integrand, seg, 9, rtol,
-                                        np.array([0, 1, 2, 0, 1, 2, 0, 1, 2]))
-    totals = np.zeros((3, 9))
-    np.add.at(totals, seg.channel, per_seg)
-    for i, p in enumerate(tier2):
-        ch = 0 if p.u < limits[1] else (1 if p.u < limits[2] else 2)
-        delta = seg.b[seg.pole == i].max() - p.u
-        totals[ch, :3] += -2.0 * np.arctan2(delta, p.w) * p.residue.imag
-    fractions, purcell = _fractions2d(totals)
-    all_poles = poles + tier2
-    u_hi = max(float(pts.max()) * 1.25, 1.5)
-    u_out = _output_grid(u_hi, all_poles) if u is None else u
-    u_eval = np.where(np.abs(u_out - 1.0) < 1e-12, 1.0 - _NUDGE, u_out)
-    with np.errstate(all="ignore"):
-        spec = _spectra2d(g, u_eval)
-    spec = np.where(np.isfinite(spec), spec, 0.0)
+    n, d, u = _checked_inputs(n, d_nm, wavelength_nm, emitter, z_in_layer_nm, u, rtol)
+    it = _integrate(LINE_DIPOLES, n, d, wavelength_nm, emitter, float(z_in_layer_nm),
+                    pole_hints, rtol)
+    fractions, purcell = _fractions2d(it.totals)
+    u_out = _output_grid_for(it, u)
+    spec = _evaluate_on(LINE_DIPOLES, it.g, u_out)
     return LineDipoleResult(
         u=u_out, K=spec[0:3], P_top=spec[3:6], P_bottom=spec[6:9], purcell=purcell,
-        fractions=fractions, u_air=limits[0], u_esc=limits[1], u_wg=limits[2], n_emitter=n_e,
-        emitter_k_ignored=float(n[emitter].imag),
-        poles=np.array([p.u + 1j * p.w for p in all_poles], dtype=complex),
-        pole_polarization=tuple("sp"[p.pol] for p in all_poles),
-        error_estimate=err[0:3], n_evaluations=n_eval + spec.shape[1],
+        fractions=fractions, u_air=it.limits[0], u_esc=it.limits[1], u_wg=it.limits[2],
+        n_emitter=it.n_e, emitter_k_ignored=it.emitter_k,
+        poles=np.array([p.u + 1j * p.w for p in it.poles], dtype=complex),
+        pole_polarization=tuple("sp"[p.pol] for p in it.poles),
+        error_estimate=it.error[0:3], n_evaluations=it.n_eval + spec.shape[1],
     )
+
+
+#: Line currents along y, x, z: K rows y, x, z; then P_top and P_bottom rows alike.
+LINE_DIPOLES = _Kernel(spectra=_spectra2d, residue=_residue2d, n_k=3)
 
 
 def mode_emission_fraction(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode,
