@@ -127,6 +127,7 @@ class Report:
     solver_s: float = 0.0  # wall time inside run_task, summed over tasks
     solver_cpu_s: float = 0.0  # CPU time of the worker process inside run_task
     wall_s: float = 0.0
+    startup_s: float = 0.0  # starting the pool (cluster start-up, SLURM job submission)
     dashboard: str | None = None
     workers_used: set[str] = field(default_factory=set)  # "host:pid" that computed tasks
     slurm_job_ids: set[str] = field(default_factory=set)
@@ -728,7 +729,9 @@ class Driver:
             if cfg.kind == "local" and cfg.workers is None and cfg.min_cluster_work_s > 0:
                 self._probe_inline(pending)
             if pending:
+                t_open = time.perf_counter()
                 with open_pool(cfg) as pool:
+                    self.report.startup_s = time.perf_counter() - t_open
                     self.report.executor = cfg.kind
                     if pool.dashboard_link:
                         self.report.dashboard = pool.dashboard_link
