@@ -86,7 +86,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
             from .backend import Availability
 
             status = Availability(False, f"availability() raised {type(exc).__name__}: {exc}")
-        text = "available" if status.available else f"unavailable: {status.reason}"
+        if status.available:
+            text = "available" + (f" ({status.reason})" if status.reason else "")
+        else:
+            text = f"unavailable: {status.reason}"
         if not status.available and status.install_hint:
             text += f" (install: {status.install_hint})"
         table.add_row(name, backend.version, ", ".join(sorted(backend.analyses)), text,

@@ -132,6 +132,8 @@ class FakeCloud:
         self.polls_before_done = polls_before_done
         self.cost = cost
         self.refuse_create = refuse_create
+        # the fake "solver": (simulation, task name) -> SimulationData; None = R/T fluxes
+        self.solver = None
 
     def count(self, method: str, pattern: str) -> int:
         return sum(1 for m, p in self.calls if m == method and re.search(pattern, p))
@@ -206,14 +208,17 @@ class FakeCloud:
             src = Path(tmp) / "sim.hdf5"
             src.write_bytes(raw)
             sim = td.Simulation.from_file(str(src))
-            data = []
-            for mon in sim.monitors:
-                value = R_TRUE if mon.name == "R" else -T_TRUE
-                arr = td.FluxDataArray(np.full(len(mon.freqs), value),
-                                       coords={"f": list(mon.freqs)})
-                data.append(td.FluxData(monitor=mon, flux=arr))
             out = Path(tmp) / "data.hdf5"
-            td.SimulationData(simulation=sim, data=data).to_file(str(out))
+            if self.solver is not None:
+                self.solver(sim, task["name"]).to_file(str(out))
+            else:
+                data = []
+                for mon in sim.monitors:
+                    value = R_TRUE if mon.name == "R" else -T_TRUE
+                    arr = td.FluxDataArray(np.full(len(mon.freqs), value),
+                                           coords={"f": list(mon.freqs)})
+                    data.append(td.FluxData(monitor=mon, flux=arr))
+                td.SimulationData(simulation=sim, data=data).to_file(str(out))
             buf = io.BytesIO()
             with gzip.GzipFile(fileobj=buf, mode="wb") as gz:
                 gz.write(out.read_bytes())
@@ -231,6 +236,19 @@ def cloud(monkeypatch, s3_server):
         for method in ("GET", "POST", "PUT", "DELETE"):
             mock.add_callback(method, re.compile(re.escape(API) + r"/.*"), callback=fake)
         yield fake
+    _no_key(monkeypatch)
+
+
+def _no_key(monkeypatch) -> None:
+    """No API key from here on: tidy3d's config caches SIMCLOUD_APIKEY when it (re)loads, so
+    after the fake key it is reloaded without it. Skips if a real key is configured here."""
+    from tidy3d.config import reload_config
+    from tidy3d.web.core.http_util import api_key
+
+    monkeypatch.delenv("SIMCLOUD_APIKEY", raising=False)
+    reload_config()
+    if api_key():
+        pytest.skip("a Tidy3D API key is configured on this machine")
 
 
 def _run(tmp_path: Path, **options):
@@ -322,7 +340,7 @@ def test_dry_run_online_estimates_and_the_real_run_reuses_the_draft(cloud, tmp_p
 
 
 def test_dry_run_offline_builds_validates_and_saves(monkeypatch, tmp_path):
-    monkeypatch.delenv("SIMCLOUD_APIKEY", raising=False)
+    _no_key(monkeypatch)
     with responses.RequestsMock() as mock:  # any request would fail the test
         with pytest.raises(Tidy3DDryRun, match="offline: no API key") as info:
             _run(tmp_path, dry_run=True)
@@ -337,11 +355,7 @@ def test_dry_run_offline_builds_validates_and_saves(monkeypatch, tmp_path):
 
 
 def test_missing_api_key_is_a_clear_error(monkeypatch, tmp_path):
-    import tidy3d as td
-
-    if td.config.web.apikey is not None:
-        pytest.skip("a Tidy3D API key is configured on this machine")
-    monkeypatch.delenv("SIMCLOUD_APIKEY", raising=False)
+    _no_key(monkeypatch)
     with responses.RequestsMock() as mock:
         with pytest.raises(BackendError, match="no Tidy3D API key.*SIMCLOUD_APIKEY"):
             _run(tmp_path)
@@ -357,3 +371,80 @@ def test_fdtd_needs_a_work_dir(monkeypatch):
     with pytest.raises(ConfigError, match="work_dir"):
         solve("BE", "reflectance", backend="tidy3d", wavelength_nm=[630.0], angle_deg=[0.0],
               options={"dry_run": True})
+
+
+def test_outcoupling_batch_submit_interrupt_resume_download(cloud, tmp_path):
+    """An outcoupling batch (reference + 2 realizations) through the fake cloud: all three
+    are uploaded and started before any is polled, an interruption (timeout) leaves them
+    running, the rerun resumes the same tasks (no second upload or start) and the downloaded
+    data (synthetic, with a known answer: test_tidy3d_outcoupling.py) are post-processed
+    into the contract dataset. Tolerance 1e-9 relative: exact arithmetic on chosen values."""
+    from test_tidy3d_outcoupling import (
+        PARTICLES,
+        SMALL,
+        expected_answers,
+        synthetic_data,
+    )
+
+    from qdcavity.analyses import make_analysis
+    from qdcavity.plugins.tidy3d import outcoupling as oc
+    from qdcavity.plugins.tidy3d.options import parse_options
+    from qdcavity.stack import load_stack
+
+    params = {"wavelength_nm": [630.0], **PARTICLES, "gain_scan_cm": [0.0, 700.0],
+              "stripe_length_um": [0.0, 100.0], "angle_points": 31, "positions": 2}
+    opts = {"work_dir": str(tmp_path), "poll_interval_s": 0, **SMALL}
+    _, (plan,) = oc.outcoupling_jobs(load_stack("TE-DIZO"),
+                                     make_analysis("outcoupling", **params),
+                                     parse_options(opts), local_modes=False)
+    cloud.solver = lambda sim, name: synthetic_data(sim, name.split("-", 1)[1].rsplit("-", 1)[0],
+                                                    plan)
+    cloud.polls_before_done = 3
+    with pytest.raises(SolverError, match="run again to resume polling"):
+        solve("TE-DIZO", "outcoupling", backend="tidy3d", options={**opts, "timeout_s": 1e-9},
+              **params)
+    assert cloud.count("POST", r"projects/.+/tasks$") == 3
+    assert cloud.count("POST", r"/submit$") == 3          # all started before any poll
+    ids = {r["task_id"] for r in _records(tmp_path)}
+    ds = solve("TE-DIZO", "outcoupling", backend="tidy3d", options=opts, **params)
+    assert cloud.count("POST", r"projects/.+/tasks$") == 3   # resumed, not uploaded again
+    assert cloud.count("POST", r"/submit$") == 3             # not paid twice
+    assert {r["task_id"] for r in _records(tmp_path)} == ids
+    assert all(r["status"] == "success" for r in _records(tmp_path))
+    want = expected_answers(plan)
+    assert float(ds.alpha_sca_cm[0]) == pytest.approx(want["alpha_sca_cm"], rel=1e-9)
+    assert float(ds.escape_fraction[0]) == pytest.approx(want["escape"], rel=1e-9)
+    assert ds.attrs["backend"] == "tidy3d"
+
+
+@pytest.mark.parametrize("kind, params, options", [
+    ("reflectance", {"wavelength_nm": [630.0], "angle_deg": [0.0]}, {}),
+    ("dipole_emission", {"wavelength_nm": [630.0]}, {"lateral_size_um": 2.0}),
+    ("outcoupling", {"wavelength_nm": [630.0], "particle_radius_nm": 15.0,
+                     "volume_fraction": 0.05, "geometry": "2d"},
+     {"window_um": 2.0, "realizations": 1}),
+])
+def test_every_cloud_analysis_without_a_key_is_one_clear_error(monkeypatch, tmp_path, kind,
+                                                               params, options):
+    _no_key(monkeypatch)
+    with responses.RequestsMock() as mock:
+        with pytest.raises(BackendError, match="no Tidy3D API key.*SIMCLOUD_APIKEY.*tidy3d "
+                                               "configure --apikey.*dry_run = true"):
+            solve("TE-DIZO", kind, backend="tidy3d",
+                  options={"work_dir": str(tmp_path), **options}, **params)
+        assert not mock.calls
+
+
+def test_availability_says_which_analyses_need_the_cloud(monkeypatch):
+    from qdcavity.registry import default_registry
+
+    backend = default_registry().get("tidy3d")
+    monkeypatch.delenv("SIMCLOUD_APIKEY", raising=False)
+    status = backend.availability()
+    assert status.available
+    assert "modes: local, no API key" in status.reason
+    assert "dipole_emission, outcoupling, reflectance: Tidy3D cloud FDTD" in status.reason
+    assert "tidy3d configure --apikey" in status.reason
+    assert set(backend.analyses) == {"modes", "reflectance", "dipole_emission", "outcoupling"}
+    monkeypatch.setenv("SIMCLOUD_APIKEY", "fake-key-for-tests")
+    assert "SIMCLOUD_APIKEY is set" in backend.availability().reason

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.util
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,15 @@ def tidy3d_version() -> str | None:
         return version("tidy3d")
     except PackageNotFoundError:
         return None
+
+
+def analyses_note(cloud: list[str]) -> str:
+    """Which analyses run where, and whether ``SIMCLOUD_APIKEY`` is set (no tidy3d import)."""
+    key = ("SIMCLOUD_APIKEY is set" if os.environ.get("SIMCLOUD_APIKEY") else
+           "no SIMCLOUD_APIKEY in the environment; set it or run `tidy3d configure "
+           "--apikey=<key>`, dry_run = true builds and validates without one")
+    return (f"modes: local, no API key; {', '.join(cloud)}: Tidy3D cloud FDTD, API key "
+            f"needed ({key})")
 
 
 def _missing() -> BackendError:

@@ -11,6 +11,7 @@ from qdcavity.analyses import (
     Analysis,
     DipoleEmissionAnalysis,
     ModesAnalysis,
+    OutcouplingAnalysis,
     ReflectanceAnalysis,
 )
 from qdcavity.backend import Availability, Backend
@@ -21,14 +22,18 @@ from . import _runtime
 from .options import parse_options
 
 VERSION = "0.1.0"
+#: Analyses run as FDTD on Tidy3D's cloud (an API key and FlexCredits); ``modes`` is local.
+CLOUD_ANALYSES = frozenset({"reflectance", "dipole_emission", "outcoupling"})
 
 
 class Tidy3DBackend(Backend):
-    """Flexcompute Tidy3D: local FD mode solver (modes) and cloud FDTD (reflectance, dipoles)."""
+    """Flexcompute Tidy3D: local FD mode solver (modes) and cloud FDTD (reflectance, dipoles,
+    outcoupling)."""
 
     name: ClassVar[str] = "tidy3d"
     version: ClassVar[str] = VERSION
-    analyses: ClassVar[frozenset[str]] = frozenset({"modes", "reflectance", "dipole_emission"})
+    analyses: ClassVar[frozenset[str]] = frozenset({"modes", "reflectance", "dipole_emission",
+                                                    "outcoupling"})
     description: ClassVar[str] = (
         "Tidy3D: local finite-difference mode solver; FDTD on Tidy3D's cloud (API key needed)")
     # Promised absolute agreement with the exact (TMM) answer at the default options, for the
@@ -40,9 +45,12 @@ class Tidy3DBackend(Backend):
                                                  "gamma_E": 2e-3, "gamma_P": 3e-3}
 
     def availability(self) -> Availability:
+        """Installed or not; when installed, ``reason`` says which analyses need the cloud
+        (cheap: tidy3d is not imported, so only ``SIMCLOUD_APIKEY`` is looked at here; a key
+        saved by ``tidy3d configure`` is found when a cloud run starts)."""
         if not _runtime.find_tidy3d():
             return Availability(False, "tidy3d is not installed", _runtime.INSTALL_HINT)
-        return Availability(True)
+        return Availability(True, _runtime.analyses_note(sorted(CLOUD_ANALYSES)))
 
     def solver_versions(self) -> dict[str, str]:
         installed = _runtime.tidy3d_version()
@@ -67,6 +75,10 @@ class Tidy3DBackend(Backend):
                 from .fdtd import dipole_emission
 
                 return dipole_emission(stack, analysis, opts)
+            if isinstance(analysis, OutcouplingAnalysis):
+                from .outcoupling_post import run_outcoupling
+
+                return run_outcoupling(stack, analysis, opts)
         except QdcavityError:
             raise
         except (ValueError, TypeError) as exc:  # pydantic/tidy3d refusing what was built

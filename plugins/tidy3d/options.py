@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,7 +43,7 @@ class Tidy3DOptions(BaseModel):
                                   description="cap of the cladding window for slow tails")
     tail_efolds: float = Field(8.0, ge=3, le=30, allow_inf_nan=False,
                                description="bound-cladding window in field decay lengths")
-    # ---- FDTD on Tidy3D's cloud (reflectance, dipole_emission)
+    # ---- FDTD on Tidy3D's cloud (reflectance, dipole_emission, outcoupling)
     work_dir: str | None = Field(None, description="directory for simulations, task ids, data")
     dry_run: bool = False
     timeout_s: float | None = Field(None, gt=0, description="give up polling after this long")
@@ -61,6 +61,28 @@ class Tidy3DOptions(BaseModel):
     lateral_size_um: float = Field(8.0, gt=0.5, le=200, description="dipole: lateral domain")
     lateral_cell_nm: float = Field(20.0, gt=0, le=200, description="dipole: lateral cell")
     symmetry: bool = Field(True, description="dipole: use mirror symmetry (4x cheaper)")
+    # ---- outcoupling (2D cell with scatterers; docs/tidy3d.md)
+    realizations: int = Field(4, ge=1, le=50, description="outcoupling: seeded placements")
+    seed: int = Field(1, ge=0, description="outcoupling: placement seed")
+    window_um: float = Field(8.0, gt=0, le=500, allow_inf_nan=False,
+                             description="outcoupling: length of the scatterer window")
+    gap_um: float = Field(0.8, gt=0, le=50, allow_inf_nan=False,
+                          description="outcoupling: source to window")
+    tail_um: float = Field(0.6, gt=0, le=50, allow_inf_nan=False,
+                           description="outcoupling: window to the cell end")
+    source_margin_um: float = Field(0.3, gt=0, le=50, allow_inf_nan=False,
+                                    description="outcoupling: cell start to the source")
+    monitor_gap_um: float = Field(0.2, gt=0, le=50, allow_inf_nan=False,
+                                  description="outcoupling: window ends to the mode monitors")
+    flux_height_um: float = Field(0.2, gt=0, le=50, allow_inf_nan=False,
+                                  description="outcoupling: flux line above the stack top")
+    scatterer_cell_nm: float | None = Field(
+        None, gt=0, le=50, allow_inf_nan=False,
+        description="outcoupling: cell along x (default min(10, radius / 3))")
+    x_boundary: Literal["absorber", "pml", "stable_pml"] = Field(
+        "absorber", description="outcoupling: boundary at both ends of the guide")
+    x_boundary_um: float = Field(0.8, gt=0, le=20, allow_inf_nan=False,
+                                 description="outcoupling: absorber / stable PML thickness")
     verbose: bool = False
 
     def mode_resolution(self) -> float:
