@@ -7,16 +7,14 @@ missing extra into a :class:`~qdcavity.errors.BackendError` carrying the install
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import importlib.util
 import os
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
+
+from threadpoolctl import threadpool_limits
 
 from qdcavity.errors import BackendError
 
@@ -77,63 +75,12 @@ def tidy3d_module(name: str) -> ModuleType:
 
 
 # ----- BLAS threads ------------------------------------------------------------------------
-# The local mode solver's eigen-solve is a small sparse problem: with OpenBLAS threads it ran
-# 0.8-2.8 s instead of 0.37 s on the 2-core machine (measured, docs/tidy3d.md). numpy is already
-# imported by the host, so environment variables are too late; threadpoolctl is used when
-# installed, else the set_num_threads entry points of the OpenBLAS libraries already loaded
-# (numpy's and scipy's wheels each bundle one) are called through ctypes.
+def blas_threads(n: int = 1) -> threadpool_limits:
+    """Limit BLAS threads to ``n`` inside a ``with`` block (restored afterwards).
 
-_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_", "openblas_set_num_threads")
-_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-            "openblas_get_num_threads64_", "openblas_get_num_threads")
-
-
-@cache
-def _openblas_handles() -> tuple[tuple[object, object], ...]:
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as fh:
-            paths = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", fh.read())))
-    except OSError:  # not Linux
-        return ()
-    out = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        setter = next((getattr(lib, s) for s in _SETTERS if hasattr(lib, s)), None)
-        getter = next((getattr(lib, g) for g in _GETTERS if hasattr(lib, g)), None)
-        if setter is not None and getter is not None:
-            getter.restype = ctypes.c_int
-            out.append((setter, getter))
-    return tuple(out)
-
-
-@contextmanager
-def blas_threads(n: int = 1) -> Iterator[None]:
-    """Limit BLAS threads to ``n`` inside the block (restored afterwards)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        with threadpool_limits(limits=n, user_api="blas"):
-            yield
-        return
-    handles = _openblas_handles()
-    saved = []
-    for setter, getter in handles:
-        try:
-            saved.append((setter, int(getter())))
-            setter(ctypes.c_int(n))
-        except Exception:  # noqa: BLE001
-            continue
-    try:
-        yield
-    finally:
-        for setter, old in saved:
-            try:
-                setter(ctypes.c_int(old))
-            except Exception:  # noqa: BLE001
-                pass
+    The local mode solver's eigen-solve is a small sparse problem: with OpenBLAS threads it ran
+    0.8-2.8 s instead of 0.37 s on the 2-core machine (measured, docs/tidy3d.md). numpy is
+    already imported by the host, so environment variables come too late: threadpoolctl sets
+    the thread count of the BLAS libraries already loaded.
+    """
+    return threadpool_limits(limits=n, user_api="blas")
