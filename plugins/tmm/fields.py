@@ -29,7 +29,7 @@ import numpy as np
 
 from .modes import _Ctx, _ctx, _expm1_pair, _sqrt_proper, _sqrt_sheet
 
-__all__ = ["Confinement", "confinement", "gain_overlap", "mode_profile"]
+__all__ = ["Confinement", "confinement", "confinements", "gain_overlap", "mode_profile"]
 
 
 class _ModeLike(Protocol):
@@ -61,60 +61,72 @@ def _mode_sheets(mode: _ModeLike) -> tuple[bool, bool, bool]:
 
 
 def _coefficients(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool) -> _Coef:
+    return _coefficients_many(ctx, np.array([neff], dtype=complex), np.array([tm]),
+                              np.array([out_s]), np.array([out_c]))[0]
+
+
+def _coefficients_many(ctx: _Ctx, neff: np.ndarray, tm: np.ndarray, out_s: np.ndarray,
+                       out_c: np.ndarray) -> list[_Coef]:
+    """Field coefficients of M modes at once (every array has shape (M,))."""
     eps, kd, k0 = ctx.eps, ctx.kd, ctx.k0
     L = kd.size
-    nn = neff * neff
-    kap = np.empty(L + 2, dtype=complex)
-    kap[0] = _sqrt_sheet(eps[0] - nn, out_s)
-    kap[-1] = _sqrt_sheet(eps[-1] - nn, out_c)
-    kap[1:-1] = _sqrt_proper(eps[1:-1] - nn)
-    p = eps.copy() if tm else np.ones_like(eps)
-    theta = kap[1:-1] * kd
+    M = neff.size
+    nn = (neff * neff)[:, None]
+    kap = np.empty((M, L + 2), dtype=complex)
+    kap[:, 0] = _sqrt_sheet(eps[0] - nn[:, 0], out_s)
+    kap[:, -1] = _sqrt_sheet(eps[-1] - nn[:, 0], out_c)
+    kap[:, 1:-1] = _sqrt_proper(eps[1:-1] - nn)
+    p = np.where(tm[:, None], eps, 1.0 + 0j)
+    theta = kap[:, 1:-1] * kd
     em1, g = _expm1_pair(2j * theta)
     g = g * kd
     ct = 1.0 + 0.5 * em1
-    # bottom-up: u_b[j] * exp(S_b[j]) = (psi, phi) at interface j (phi = dpsi/dzeta / p)
-    ub = np.empty((L + 1, 2), dtype=complex)
-    Sb = np.zeros(L + 1, dtype=complex)
-    v = np.array([1.0, -1j * kap[0] / p[0]])
-    ub[0], Sb[0] = _unit(v)
+    k2g = kap[:, 1:-1] ** 2 * g / p[:, 1:-1]
+    pg = p[:, 1:-1] * g
+    # bottom-up: ub[:, j] * exp(Sb[:, j]) = (psi, phi) at interface j (phi = dpsi/dzeta / p),
+    # max |ub[:, j]| = 1; top-down likewise
+    ub = np.empty((M, L + 1, 2), dtype=complex)
+    Sb = np.empty((M, L + 1), dtype=complex)
+    ub[:, 0, 0], ub[:, 0, 1] = 1.0, -1j * kap[:, 0] / p[:, 0]
+    Sb[:, 0] = _normalize(ub[:, 0])
     for j in range(L):
-        pj, k2 = p[j + 1], kap[j + 1] ** 2
-        w = np.array([ct[j] * ub[j, 0] + pj * g[j] * ub[j, 1],
-                      -k2 * g[j] / pj * ub[j, 0] + ct[j] * ub[j, 1]])
-        ub[j + 1], s = _unit(w)
-        Sb[j + 1] = Sb[j] + s - 1j * theta[j]
-    ut = np.empty((L + 1, 2), dtype=complex)
-    St = np.zeros(L + 1, dtype=complex)
-    v = np.array([1.0, 1j * kap[-1] / p[-1]])
-    ut[L], St[L] = _unit(v)
+        u0, u1 = ub[:, j, 0], ub[:, j, 1]
+        ub[:, j + 1, 0] = ct[:, j] * u0 + pg[:, j] * u1
+        ub[:, j + 1, 1] = ct[:, j] * u1 - k2g[:, j] * u0
+        Sb[:, j + 1] = Sb[:, j] + _normalize(ub[:, j + 1]) - 1j * theta[:, j]
+    ut = np.empty((M, L + 1, 2), dtype=complex)
+    St = np.empty((M, L + 1), dtype=complex)
+    ut[:, L, 0], ut[:, L, 1] = 1.0, 1j * kap[:, -1] / p[:, -1]
+    St[:, L] = _normalize(ut[:, L])
     for j in range(L - 1, -1, -1):
-        pj, k2 = p[j + 1], kap[j + 1] ** 2
-        w = np.array([ct[j] * ut[j + 1, 0] - pj * g[j] * ut[j + 1, 1],
-                      k2 * g[j] / pj * ut[j + 1, 0] + ct[j] * ut[j + 1, 1]])
-        ut[j], s = _unit(w)
-        St[j] = St[j + 1] + s - 1j * theta[j]
-    m = int(np.argmax((Sb + St).real))
-    overlap = np.vdot(ut[m], ub[m]) / np.vdot(ut[m], ut[m]).real
-    logscale = np.log(overlap + 0j) + Sb[m] - St[m]
-    logs = np.where(np.arange(L + 1) <= m, Sb, St + logscale)
-    vec = np.where((np.arange(L + 1) <= m)[:, None], ub, ut)
-    logs = logs - logs.real.max()
-    states = vec * np.exp(logs)[:, None]  # (psi, phi) at each interface, O(1)
-    A = np.empty(L, dtype=complex)
-    B = np.empty(L, dtype=complex)
-    for j in range(L):
-        q = kap[j + 1] / p[j + 1]
-        A[j] = 0.5 * (states[j, 0] + states[j, 1] / (1j * q))
-        B[j] = 0.5 * (states[j + 1, 0] - states[j + 1, 1] / (1j * q))
+        u0, u1 = ut[:, j + 1, 0], ut[:, j + 1, 1]
+        ut[:, j, 0] = ct[:, j] * u0 - pg[:, j] * u1
+        ut[:, j, 1] = k2g[:, j] * u0 + ct[:, j] * u1
+        St[:, j] = St[:, j + 1] + _normalize(ut[:, j]) - 1j * theta[:, j]
+    rows = np.arange(M)
+    m = np.argmax((Sb + St).real, axis=1)
+    um, vm = ut[rows, m], ub[rows, m]
+    overlap = np.sum(np.conj(um) * vm, axis=1) / np.sum(np.abs(um) ** 2, axis=1)
+    logscale = np.log(overlap + 0j) + Sb[rows, m] - St[rows, m]
+    below = np.arange(L + 1)[None, :] <= m[:, None]
+    logs = np.where(below, Sb, St + logscale[:, None])
+    vec = np.where(below[:, :, None], ub, ut)
+    logs = logs - logs.real.max(axis=1, keepdims=True)
+    states = vec * np.exp(logs)[:, :, None]  # (psi, phi) at each interface, O(1)
+    iq = 1.0 / (1j * kap[:, 1:-1] / p[:, 1:-1])
+    A = 0.5 * (states[:, :-1, 0] + states[:, :-1, 1] * iq)
+    B = 0.5 * (states[:, 1:, 0] - states[:, 1:, 1] * iq)
     z = np.concatenate([[0.0], np.cumsum(kd / k0)])
-    return _Coef(ctx=ctx, neff=complex(neff), tm=tm, kz=k0 * kap, z=z, A=A, B=B,
-                 Cs=complex(states[0, 0]), Cc=complex(states[L, 0]), p=p)
+    return [_Coef(ctx=ctx, neff=complex(neff[i]), tm=bool(tm[i]), kz=k0 * kap[i], z=z, A=A[i],
+                  B=B[i], Cs=complex(states[i, 0, 0]), Cc=complex(states[i, L, 0]), p=p[i])
+            for i in range(M)]
 
 
-def _unit(v: np.ndarray) -> tuple[np.ndarray, complex]:
-    nrm = float(np.abs(v).max())
-    return v / nrm, complex(math.log(nrm))
+def _normalize(v: np.ndarray) -> np.ndarray:
+    """Scale the rows of the (M, 2) view ``v`` in place to max |.| = 1; returns log(scale)."""
+    nrm = np.abs(v).max(axis=1)
+    v /= nrm[:, None]
+    return np.log(nrm)
 
 
 def _coef_for(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike) -> _Coef:
@@ -251,35 +263,6 @@ def _tail_abs2(C: complex, k: complex, window: float) -> tuple[float, bool]:
     return abs(C) ** 2 * val, False
 
 
-def _layer_terms(c: _Coef, window: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per medium: int |E|^2 dz, int Re(E x H*)_x dz, and the claddings with truncated tails."""
-    L = c.A.size
-    k0, neff, eps = c.ctx.k0, c.neff, c.ctx.eps
-    e_int = np.zeros(L + 2)
-    s_int = np.zeros(L + 2)
-    truncated = []
-    for j in range(L + 2):
-        k = c.kz[j]
-        if j in (0, L + 1):
-            C = c.Cs if j == 0 else c.Cc
-            # substrate C e^{-ik z} (z < 0) is C e^{iks} with s = -z > 0, like the superstrate
-            a2, ok = _tail_abs2(C, k, window)
-            if not ok:
-                truncated.append("substrate" if j == 0 else "superstrate")
-            d2 = abs(k) ** 2 * a2
-        else:
-            d = c.z[j] - c.z[j - 1]
-            a2 = _int_abs2(c.A[j - 1], c.B[j - 1], k, d)
-            d2 = abs(k) ** 2 * _int_abs2(c.A[j - 1], -c.B[j - 1], k, d)
-        if c.tm:
-            e_int[j] = (d2 / k0**2 + abs(neff) ** 2 * a2) / abs(eps[j]) ** 2
-            s_int[j] = (neff / eps[j]).real * a2
-        else:
-            e_int[j] = a2
-            s_int[j] = neff.real * a2
-    return e_int, s_int, truncated
-
-
 class Confinement(tuple):
     """``(gamma_E, gamma_P)`` per medium (arrays of shape (L+2,)), with diagnostics.
 
@@ -310,6 +293,64 @@ class Confinement(tuple):
         return self[1]
 
 
+def _layer_terms_many(cs: list[_Coef], window: float
+                      ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """:func:`_layer_terms` for several modes of one stack at once, shape (M, L+2)."""
+    ctx = cs[0].ctx
+    k0, eps = ctx.k0, ctx.eps
+    L = cs[0].A.size
+    kz = np.array([c.kz for c in cs])
+    neff = np.array([c.neff for c in cs])[:, None]
+    tm = np.array([c.tm for c in cs])[:, None]
+    a2 = np.empty(kz.shape)
+    d2 = np.empty(kz.shape)
+    with np.errstate(all="ignore"):
+        if L:
+            A = np.array([c.A for c in cs])
+            B = np.array([c.B for c in cs])
+            k = kz[:, 1:-1]
+            d = np.diff(cs[0].z)
+            ki, kr = k.imag, k.real
+            f = np.where(ki * d < 1e-12, d, -np.expm1(-2 * ki * d) / (2 * ki))
+            cross = 2.0 * np.exp(-ki * d) * d * np.sinc(kr * d / math.pi) * (A * np.conj(B)).real
+            aa = np.abs(A) ** 2 + np.abs(B) ** 2
+            a2[:, 1:-1] = aa * f + cross
+            d2[:, 1:-1] = np.abs(k) ** 2 * (aa * f - cross)
+        # tails: the substrate's C e^{-ik z} (z < 0) is C e^{iks}, s = -z > 0, like the top one
+        C = np.array([[c.Cs, c.Cc] for c in cs])
+        kc = kz[:, [0, -1]]
+        gi = -kc.imag
+        decays = kc.imag > 0
+        grow = np.where(gi * window < 1e-12, window, np.expm1(2 * gi * window) / (2 * gi))
+        tail = np.abs(C) ** 2 * np.where(decays, 1.0 / (2 * np.where(decays, kc.imag, 1.0)),
+                                         grow)
+    a2[:, [0, -1]] = tail
+    d2[:, [0, -1]] = np.abs(kc) ** 2 * tail
+    e_tm = (d2 / k0**2 + np.abs(neff) ** 2 * a2) / np.abs(eps) ** 2
+    e_int = np.where(tm, e_tm, a2)
+    s_int = np.where(tm, (neff / eps).real, neff.real) * a2
+    truncated = [[name for name, ok in zip(("substrate", "superstrate"), row, strict=True)
+                  if not ok] for row in decays]
+    return e_int, s_int, truncated
+
+
+def confinements(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
+                 modes: list[_ModeLike], window_nm: float | None = None) -> list[Confinement]:
+    """:func:`confinement` of several modes of one stack, vectorised over the modes."""
+    if not modes:
+        return []
+    ctx = _ctx(n, d_nm, wavelength_nm)
+    sheets = np.array([_mode_sheets(m) for m in modes], dtype=bool)
+    cs = _coefficients_many(ctx, np.array([complex(m.neff) for m in modes]), sheets[:, 0],
+                            sheets[:, 1], sheets[:, 2])
+    window = float(wavelength_nm if window_nm is None else window_nm)
+    e_int, s_int, truncated = _layer_terms_many(cs, window)
+    gamma_e = e_int / e_int.sum(axis=1, keepdims=True)
+    gamma_p = np.sqrt(ctx.eps).real * e_int / s_int.sum(axis=1, keepdims=True)
+    return [Confinement(gamma_e[i], gamma_p[i], tuple(truncated[i]), window)
+            for i in range(len(modes))]
+
+
 def confinement(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike,
                 window_nm: float | None = None) -> Confinement:
     """Confinement factors of ``mode`` in every medium (substrate, layers, superstrate).
@@ -320,13 +361,7 @@ def confinement(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _Mo
     sheet, Im kz <= 0) its tail is integrated over ``window_nm`` (default: one wavelength) and the
     result is flagged (``tails_finite`` False, ``truncated`` names the cladding).
     """
-    c = _coef_for(n, d_nm, wavelength_nm, mode)
-    window = float(wavelength_nm if window_nm is None else window_nm)
-    e_int, s_int, truncated = _layer_terms(c, window)
-    gamma_e = e_int / e_int.sum()
-    nre = np.sqrt(c.ctx.eps).real
-    gamma_p = nre * e_int / s_int.sum()
-    return Confinement(gamma_e, gamma_p, tuple(truncated), window)
+    return confinements(n, d_nm, wavelength_nm, [mode], window_nm)[0]
 
 
 def gain_overlap(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,

@@ -44,20 +44,28 @@ under Ag) "substrate-radiating".
 
 Root finding
 ------------
-Argument principle on rectangles: the phase of f along every edge is sampled adaptively; a sample
-interval is accepted only when it and both of its halves are smooth (phase step <= 0.5 rad,
-log|f| step <= 1), which catches steps aliased by 2 pi; the bottom edge, |im_min| below the real
-axis where lossless modes sit, starts with samples every 0.1. A coarse grid of square cells is
-subdivided until each cell holds at most 3 zeros; these are estimated from contour moments
-(Delves-Lyness, Newton identities) and polished by Newton's method; a cell is accepted only when
-as many distinct converged roots lie inside as its winding number says, else it is split again.
-Zeros closer than 1e-6 relative (degenerate to round-off, e.g. the two plasmons of a Si film
-between thick Ag films) are returned once with a ``multiplicity`` (warning). All evaluations are
-vectorised over points, polarizations, sheets and layers (TE + TM of a paper stack: ~5 ms).
+Argument principle on rectangles. ``log f`` and ``f'/f`` (forward-differentiated recursion) are
+sampled along every edge; a sample interval of length h is accepted only when the step of
+log f is small (phase <= 1 rad, log|f| <= 1), |h f'/f| <= 1 at both ends, and the step equals
+the trapezoid integral of f'/f to 0.3. A phase that turns by 2 pi k between two samples -- which
+no midpoint probe can see for even k -- fails the last two tests, and so does an interval close
+to a zero. (This matters near the Ag/Si surface-plasmon resonance, eps_Si + eps_Ag ~ 0 at
+560-600 nm, where the search rectangle reaches Im(neff) ~ 15-25 and arg f turns by ~2 pi per
+unit of Im(neff).) Rejected intervals are cut into as many pieces as |h f'/f| asks for, and
+edges passing near a cladding branch point get samples graded towards it, so refinement takes
+two or three vectorised passes. A coarse grid of square cells is subdivided until each cell
+holds at most 5 zeros; these are estimated from contour moments (Delves-Lyness, Newton
+identities; moments by Gauss quadrature of the Hermite interpolant of log f) and polished by
+Newton's method with the exact f'/f; a cell is accepted only when as many distinct converged
+roots lie inside as its winding number says, else it is split again. Zeros closer than 1e-6
+relative (degenerate to round-off, e.g. the two plasmons of a Si film between thick Ag films)
+are returned once with a ``multiplicity`` (warning). All evaluations are vectorised over points,
+polarizations, sheets and layers (TE + TM of a paper stack in one search: ~2-3.5 ms).
 """
 
 from __future__ import annotations
 
+import cmath
 import math
 import warnings
 from collections.abc import Sequence
@@ -75,9 +83,12 @@ __all__ = [
     "search_region",
 ]
 
-_PH_MAX = 0.5  # max phase step between edge samples (rad)
+_PH_MAX = 1.0  # max phase step between edge samples (rad)
 _MAG_MAX = 1.0  # max step of log|f| between edge samples
-_MAX_DL = 3  # largest zero count solved directly from contour moments
+_LIN_MAX = 1.0  # max |h f'/f| at either end of a sample interval
+_MAX_PIECES = 64  # most pieces a rejected sample interval is cut into in one pass
+_TRAP_TOL = 0.3  # max |step of log f - trapezoid integral of f'/f| over a sample interval
+_MAX_DL = 5  # largest zero count solved directly from contour moments
 _N0 = 8  # initial intervals per edge
 _MAX_LEVELS = 60
 _EDGE_MARGIN = 1e-5  # distance of the search rectangle from a cladding branch point
@@ -174,41 +185,134 @@ def _ctx(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float) -> _Ctx:
     return _Ctx(eps=n * n, kd=k0 * d, k0=k0)
 
 
+def _kappa_layers(kap2: np.ndarray) -> np.ndarray:
+    """sqrt(kap2) with Im >= 0 (ties either way: f is even in every layer kappa). Large arrays
+    go through real operations (numpy's complex sqrt is ~2x slower than hypot + real sqrt)."""
+    if kap2.size < 2048:
+        s = np.sqrt(kap2)
+        return np.where(s.imag < 0, -s, s)
+    a, b = kap2.real, kap2.imag
+    t = np.sqrt(0.5 * (np.hypot(a, b) + np.abs(a)))
+    o = np.abs(b) / np.where(t > 0, 2 * t, 1.0)
+    pos = a >= 0
+    out = np.empty_like(kap2)
+    out.real = np.copysign(np.where(pos, t, o), b)
+    out.imag = np.where(pos, o, t)
+    return out
+
+
+def _propagate(ct: np.ndarray, m12: np.ndarray, m21: np.ndarray, psi: np.ndarray,
+               phi: np.ndarray, dm: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+               dpsi: np.ndarray | None, dphi: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """(psi, phi) -- and their derivatives when ``dm`` = (dct, dm12, dm21) is given -- through
+    the layers (axis 0 of the (L, N) matrix entries), renormalised every 16 layers; returns
+    (psi, phi, dpsi, dphi, log of the removed scale)."""
+    nl, npt = ct.shape
+    logs = np.zeros(npt)
+    if dm is not None and npt <= 128:  # few points: one einsum per layer on 4x4 blocks
+        dct, dm12, dm21 = dm
+        zero = np.zeros_like(ct)
+        blk = np.stack([ct, m12, zero, zero, m21, ct, zero, zero,
+                        dct, dm12, ct, m12, dm21, dct, m21, ct], axis=1).reshape(nl, 4, 4, npt)
+        v = np.stack([psi, phi, dpsi, dphi])
+        for j in range(nl):
+            v = np.einsum("ijn,jn->in", blk[j], v)
+            if j % 16 == 15:
+                nrm = np.abs(v[0]) + np.abs(v[1])
+                v /= nrm
+                logs += np.log(nrm)
+        return v[0], v[1], v[2], v[3], logs
+    for j in range(nl):
+        if dm is not None:
+            dct, dm12, dm21 = dm
+            dpsi, dphi = (ct[j] * dpsi + m12[j] * dphi + dct[j] * psi + dm12[j] * phi,
+                          m21[j] * dpsi + ct[j] * dphi + dm21[j] * psi + dct[j] * phi)
+        psi, phi = ct[j] * psi + m12[j] * phi, m21[j] * psi + ct[j] * phi
+        if j % 16 == 15:
+            nrm = np.abs(psi) + np.abs(phi)
+            psi, phi = psi / nrm, phi / nrm
+            logs += np.log(nrm)
+            if dm is not None:
+                dpsi, dphi = dpsi / nrm, dphi / nrm
+    return psi, phi, dpsi, dphi, logs
+
+
 def _log_f(ctx: _Ctx, neff: np.ndarray, tm: np.ndarray | bool, out_s: np.ndarray | bool,
-           out_c: np.ndarray | bool) -> np.ndarray:
+           out_c: np.ndarray | bool, deriv: bool = False
+           ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """log of the dispersion function (see module docstring), vectorised over points.
 
     ``tm``: TM polarization; ``out_s``/``out_c``: outgoing sheet for the substrate/superstrate
-    (else proper); each a bool or a bool array broadcastable to ``neff`` (1-D).
+    (else proper); each a bool or a bool array broadcastable to ``neff`` (1-D). With ``deriv``
+    also returns f'/f = d(log f)/d(neff), by forward differentiation of the same recursion: the
+    derivative of each bounded layer matrix exp(i t) M(kappa**2) is taken without the
+    exp(i t) factor, whose logarithmic derivative cancels the -i t' of the prefactor exactly, so
+    f'/f is finite at the layers' branch points (only the claddings' sqrt is singular).
     """
     neff = np.atleast_1d(np.asarray(neff, dtype=complex))
     nn = neff * neff
     eps = ctx.eps
     tm = np.asarray(tm, dtype=bool)
+    kd = ctx.kd[:, None]
     with np.errstate(all="ignore"):
-        # all layers at once: (L, N) arrays
-        kap2 = eps[1:-1, None] - nn[None, :]
-        theta = ctx.kd[:, None] * _sqrt_proper(kap2)
-        em1, g = _expm1_pair(2j * theta)
-        g *= ctx.kd[:, None]
-        ct = 1.0 + 0.5 * em1
-        p = np.where(tm[None, ...], eps[1:-1, None], 1.0) if tm.any() else 1.0
-        m12 = p * g
-        m21 = -g * kap2 / p
-        ps = np.where(tm, eps[0], 1.0)
-        pc = np.where(tm, eps[-1], 1.0)
+        # all layers at once: (L, N) arrays; layer matrix exp(i t) [[cos t, p sin t / kappa],
+        # [-kappa sin t / p, cos t]] = [[ct, p g], [-kappa**2 g / p, ct]]
+        kap2 = eps[1:-1, None] - nn
+        kap = _kappa_layers(kap2)
+        theta = kd * kap
+        e2 = np.exp(2j * theta)  # |.| <= 1
+        ct = 0.5 + 0.5 * e2  # exp(i t) cos t
+        g = (e2 - 1.0) / (2j * kap)  # exp(i t) sin t / kappa
+        at = np.abs(theta)
+        small = at < 1e-2
+        if small.any():  # (exp(x) - 1) / x by its series, x = 2 i t
+            x = 2j * theta[small]
+            g[small] = ctx.kd[np.nonzero(small)[0]] * (
+                1 + x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x / 720)))))
+        if not tm.any():
+            p = ip = None
+        elif tm.all():
+            p, ip = eps[1:-1, None], 1.0 / eps[1:-1, None]
+        else:
+            p = np.where(tm, eps[1:-1, None], 1.0)
+            ip = np.where(tm, 1.0 / eps[1:-1, None], 1.0)
+        m12 = g if p is None else p * g
+        m21 = -g * kap2 if ip is None else -g * kap2 * ip
+        kap_s = _sqrt_sheet(eps[0] - nn, out_s)
+        kap_c = _sqrt_sheet(eps[-1] - nn, out_c)
+        ips = np.where(tm, 1.0 / eps[0], 1.0)
+        ipc = np.where(tm, 1.0 / eps[-1], 1.0)
         psi = np.ones_like(nn)
-        phi = (-1j / ps) * _sqrt_sheet(eps[0] - nn, out_s)
-        logs = np.zeros_like(nn)
-        for j in range(ctx.kd.size):
-            psi, phi = ct[j] * psi + m12[j] * phi, m21[j] * psi + ct[j] * phi
-            if j % 16 == 15:
-                nrm = np.abs(psi) + np.abs(phi)
-                psi /= nrm
-                phi /= nrm
-                logs += np.log(nrm)
-        ft = phi - (1j / pc) * _sqrt_sheet(eps[-1] - nn, out_c) * psi
-        return np.log(ft) + logs - 1j * theta.sum(axis=0)
+        phi = -1j * ips * kap_s
+        if deriv:
+            # d/d(kappa**2) of the matrix entries (times exp(i t)), then times -2 neff
+            dct = (neff * kd) * g
+            ds12 = (kd * ct - g) / (2.0 * kap2)  # exp(i t) d(sin t / kappa)/d(kappa**2)
+            small = at < 0.1
+            if small.any():  # its series (the closed form cancels)
+                u = theta[small] ** 2
+                kds = ctx.kd[np.nonzero(small)[0]]
+                ds12[small] = (np.exp(1j * theta[small]) * kds**3
+                               * (-1 / 6 + u * (1 / 60 + u * (-1 / 1680 + u / 90720))))
+            dm12 = (-2.0 * neff) * (ds12 if p is None else p * ds12)
+            dm21 = neff * (g + kd * ct)
+            if ip is not None:
+                dm21 = dm21 * ip
+            dpsi = np.zeros_like(nn)
+            dphi = 1j * ips * neff / kap_s
+        psi, phi, dpsi, dphi, logs = _propagate(ct, m12, m21, psi, phi,
+                                                (dct, dm12, dm21) if deriv else None,
+                                                dpsi if deriv else None,
+                                                dphi if deriv else None)
+        ft = phi - 1j * ipc * kap_c * psi
+        # log via real functions (numpy's complex log is ~20x slower than log + arctan2)
+        L = np.empty_like(ft)
+        L.real = np.log(np.abs(ft)) + logs + theta.imag.sum(axis=0)
+        L.imag = np.arctan2(ft.imag, ft.real) - theta.real.sum(axis=0)
+        if not deriv:
+            return L
+        dft = dphi - 1j * ipc * (kap_c * dpsi - neff / kap_c * psi)
+        return L, dft / ft
 
 
 def dispersion_log(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polarization: str,
@@ -314,29 +418,61 @@ def _parts(region: SearchRegion, eps: np.ndarray) -> list[tuple[float, float, bo
 class _Edge:
     """Straight segment sampled at points ``z`` (canonical direction) with values ``L`` = log f."""
 
-    __slots__ = ("L", "_dL", "key", "singular", "z")
+    __slots__ = ("D", "L", "_dL", "_phase", "key", "singular", "z")
 
     def __init__(self, z: np.ndarray, key: int) -> None:
         self.z = z
         self.key = key
         self.L = np.empty(0, dtype=complex)
+        self.D = np.empty(0, dtype=complex)  # f'/f at the samples
         self.singular = False
         self._dL: np.ndarray | None = None
+        self._phase: float | None = None
 
     def dL(self) -> np.ndarray:
         """Steps of log f between samples, phase wrapped to (-pi, pi]."""
         if self._dL is None:
-            d = np.diff(self.L)
-            self._dL = d.real + 1j * (np.mod(d.imag + np.pi, 2 * np.pi) - np.pi)
+            self._dL = _wrap(np.diff(self.L))
         return self._dL
 
     def phase(self) -> float:
-        return float(self.dL().imag.sum())
+        """Change of arg f along the edge."""
+        if self._phase is None:
+            self._phase = float(self.dL().imag.sum())
+        return self._phase
 
-    def moments(self, c: complex, r: float, kmax: int) -> np.ndarray:
-        w = (0.5 * (self.z[1:] + self.z[:-1]) - c) / r
-        dL = self.dL()
-        return np.array([np.sum(w**k * dL) for k in range(kmax + 1)])
+
+def _wrap(d: np.ndarray) -> np.ndarray:
+    """Steps of log f with the phase wrapped to [-pi, pi)."""
+    return d.real + 1j * (np.mod(d.imag + np.pi, 2 * np.pi) - np.pi)
+
+
+def _moments(edges: Sequence[_Edge], signs: Sequence[float], c: complex, r: float,
+             kmax: int) -> np.ndarray:
+    """sum over edges of sign * int w**k f'/f dz (canonical direction), w = (z - c) / r,
+    k = 0..kmax: 3-point Gauss on each sample interval with f'/f from the cubic Hermite
+    interpolant of log f (values and derivatives at both ends; the k = 0 term is the exact
+    step of log f)."""
+    dL = np.concatenate([sg * e.dL() for e, sg in zip(edges, signs, strict=True)])
+    z0 = np.concatenate([e.z[:-1] for e in edges])
+    h = np.concatenate([np.diff(e.z) for e in edges])
+    sg = np.concatenate([np.full(e.z.size - 1, sg) for e, sg in zip(edges, signs, strict=True)])
+    m0 = sg * h * np.concatenate([e.D[:-1] for e in edges])
+    m1 = sg * h * np.concatenate([e.D[1:] for e in edges])
+    s = _GS[None, :]
+    dlds = (m0[:, None] * (1 - 4 * s + 3 * s * s) + m1[:, None] * (3 * s * s - 2 * s)
+            + dL[:, None] * (6 * s - 6 * s * s))
+    if not np.isfinite(dlds).all():  # a sample on a cladding branch point
+        dlds = np.where(np.isfinite(dlds), dlds, dL[:, None])
+    w = ((z0[:, None] + h[:, None] * s) - c) / r
+    wd = dlds * _GW[None, :]
+    out = np.empty(kmax + 1, dtype=complex)
+    out[0] = dL.sum()
+    wk = np.ones_like(w)
+    for k in range(1, kmax + 1):
+        wk = wk * w
+        out[k] = np.sum(wk * wd)
+    return out
 
 
 class _Evaluator:
@@ -349,12 +485,14 @@ class _Evaluator:
         self.calls = 0
         self.points = 0
 
-    def __call__(self, z: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    def __call__(self, z: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(log f, f'/f) at the points ``z`` of the problems ``keys``."""
         self.calls += 1
         self.points += z.size
         if z.size == 0:
-            return np.empty(0, dtype=complex)
-        return _log_f(self.ctx, z, self.tm[keys], self.out_s[keys], self.out_c[keys])
+            return np.empty(0, dtype=complex), np.empty(0, dtype=complex)
+        return _log_f(self.ctx, z, self.tm[keys], self.out_s[keys], self.out_c[keys],
+                      deriv=True)  # type: ignore[return-value]
 
 
 def _eval_new_edges(ev: _Evaluator, edges: list[_Edge]) -> None:
@@ -362,12 +500,32 @@ def _eval_new_edges(ev: _Evaluator, edges: list[_Edge]) -> None:
         return
     z = np.concatenate([e.z for e in edges])
     k = np.repeat([e.key for e in edges], [e.z.size for e in edges])
-    L = ev(z, k)
+    L, D = ev(z, k)
     i = 0
     for e in edges:
         e.L = L[i:i + e.z.size]
-        e._dL = None
+        e.D = D[i:i + e.z.size]
+        e._dL = e._phase = None
         i += e.z.size
+
+
+def _accept(z: np.ndarray, L: np.ndarray, D: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """Whether the sample intervals (i, i+1) resolve the phase of f (no 2 pi aliasing).
+
+    The step of log f, phase wrapped, must be small (phase <= _PH_MAX, log|f| <= _MAG_MAX), the
+    linear change |h f'/f| at both ends at most _LIN_MAX, and the step must equal the trapezoid
+    integral of f'/f to _TRAP_TOL. A phase ramp that turns by 2 pi k between samples (which a
+    midpoint probe cannot see when k is even) fails the last two tests; a zero close to the
+    interval makes |h f'/f| ~ h / distance large.
+    """
+    h = z[i + 1] - z[i]
+    d = L[i + 1] - L[i]
+    ph = np.mod(d.imag + np.pi, 2 * np.pi) - np.pi
+    da, db = h * D[i], h * D[i + 1]
+    with np.errstate(invalid="ignore"):
+        trap = np.abs(d.real + 1j * ph - 0.5 * (da + db))
+        return ((np.abs(ph) <= _PH_MAX) & (np.abs(d.real) <= _MAG_MAX)
+                & (np.abs(da) <= _LIN_MAX) & (np.abs(db) <= _LIN_MAX) & (trap <= _TRAP_TOL))
 
 
 def _smooth(d: np.ndarray) -> np.ndarray:
@@ -377,53 +535,65 @@ def _smooth(d: np.ndarray) -> np.ndarray:
 
 
 def _refine_edges(ev: _Evaluator, edges: list[_Edge], min_len: float) -> None:
-    """Bisect sample intervals until each one is verified smooth.
+    """Bisect sample intervals until each one is verified by :func:`_accept`.
 
-    An interval is accepted only when it and both of its halves are smooth (phase step
-    <= 0.5 rad, log|f| step <= 1): the midpoint probe catches steps that alias by 2 pi. All edges
-    are refined together on flat arrays (one evaluation call per pass). Edges where a rough
-    step survives down to ``min_len`` (a zero on the edge) are flagged ``singular``.
+    All edges are refined together on flat arrays (one evaluation call per pass). Intervals
+    that shrink to ``min_len`` are accepted; if their step is still not smooth (a zero on the
+    edge) the edge is flagged ``singular``. (Only at a cladding branch point hit exactly, where
+    f'/f is infinite, does a smooth interval go down to ``min_len``.)
     """
     if not edges:
         return
     sizes = np.array([e.z.size for e in edges])
     Z = np.concatenate([e.z for e in edges])
     Lv = np.concatenate([e.L for e in edges])
+    Dv = np.concatenate([e.D for e in edges])
     eid = np.repeat(np.arange(len(edges)), sizes)
     key = np.repeat([e.key for e in edges], sizes)
-    ok = np.zeros(Z.size - 1, dtype=bool)  # interval i = (i, i+1) accepted
-    ok[eid[1:] != eid[:-1]] = True  # gaps between edges
+    ok = eid[1:] != eid[:-1]  # gaps between edges are not intervals
     sing = np.zeros(len(edges), dtype=bool)
-    while True:
-        idx = np.nonzero(~ok)[0]
-        small = np.abs(Z[idx + 1] - Z[idx]) <= min_len
+    idx = np.nonzero(~ok)[0]
+    idx = idx[~_accept(Z, Lv, Dv, idx)]
+    while idx.size:
+        h = np.abs(Z[idx + 1] - Z[idx])
+        small = h <= min_len
         if small.any():
             tiny = idx[small]
             sing[eid[tiny[~_smooth(Lv[tiny + 1] - Lv[tiny])]]] = True
-            ok[tiny] = True
-            idx = idx[~small]
-        if idx.size == 0:
-            break
-        zm = 0.5 * (Z[idx] + Z[idx + 1])
-        Lm = ev(zm, key[idx])
-        good = _smooth(Lv[idx + 1] - Lv[idx]) & _smooth(Lm - Lv[idx]) & _smooth(Lv[idx + 1] - Lm)
-        Z = np.insert(Z, idx + 1, zm)
-        Lv = np.insert(Lv, idx + 1, Lm)
-        eid = np.insert(eid, idx + 1, eid[idx])
-        key = np.insert(key, idx + 1, key[idx])
-        # interval idx becomes two halves (positions shift by the earlier insertions)
-        pos = idx + np.arange(idx.size)
-        ok = np.insert(ok, idx + 1, good)
-        ok[pos] = good
+            idx, h = idx[~small], h[~small]
+            if idx.size == 0:
+                break
+        # pieces per failing interval: enough for |h f'/f| ~ _LIN_MAX / 2 at its ends
+        with np.errstate(invalid="ignore"):
+            q = h * np.maximum(np.abs(Dv[idx]), np.abs(Dv[idx + 1]))
+        k = np.clip(np.where(np.isfinite(q), np.ceil(2 * q / _LIN_MAX), 2.0), 2, _MAX_PIECES)
+        k = np.minimum(k, np.maximum(2, np.floor(h / min_len))).astype(int)
+        rep = np.repeat(np.arange(idx.size), k - 1)
+        frac = (np.arange(rep.size) - np.repeat(np.cumsum(k - 1) - (k - 1), k - 1) + 1) / k[rep]
+        zm = Z[idx[rep]] + (Z[idx[rep] + 1] - Z[idx[rep]]) * frac
+        Lm, Dm = ev(zm, key[idx[rep]])
+        at = idx[rep] + 1
+        Z = np.insert(Z, at, zm)
+        Lv = np.insert(Lv, at, Lm)
+        Dv = np.insert(Dv, at, Dm)
+        eid = np.insert(eid, at, eid[at - 1])
+        key = np.insert(key, at, key[at - 1])
+        start = idx + np.cumsum(k - 1) - (k - 1)  # interval idx now starts here
+        pieces = np.repeat(start, k) + (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k))
+        idx = pieces[~_accept(Z, Lv, Dv, pieces)]
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(eid)) + 1, [eid.size]])
-    for i, e in enumerate(edges):
-        e.z = Z[bounds[i]:bounds[i + 1]]
-        e.L = Lv[bounds[i]:bounds[i + 1]]
-        e._dL = None
-        e.singular = e.singular or bool(sing[i])
+    dL = _wrap(np.diff(Lv))  # steps across edge boundaries are never used
+    cum = np.concatenate([[0.0], np.cumsum(dL.imag)])
+    phases = (cum[bounds[1:] - 1] - cum[bounds[:-1]]).tolist()
+    for e, a, b, ph, sg in zip(edges, bounds[:-1].tolist(), bounds[1:].tolist(), phases,
+                               sing.tolist(), strict=True):
+        e.z, e.L, e.D = Z[a:b], Lv[a:b], Dv[a:b]
+        e._dL = dL[a:b - 1]
+        e._phase = ph
+        e.singular = e.singular or sg
 
 
-@dataclass
+@dataclass(slots=True)
 class _Rect:
     x0: float
     x1: float
@@ -447,9 +617,9 @@ class _Rect:
         return 0.5 * math.hypot(self.x1 - self.x0, self.y1 - self.y0)
 
     def moments(self, kmax: int) -> np.ndarray:
-        c, r = self.center(), self.radius()
-        m = (self.bottom.moments(c, r, kmax) + self.right.moments(c, r, kmax)
-             - self.top.moments(c, r, kmax) - self.left.moments(c, r, kmax))
+        """(1 / 2 pi i) contour integrals of w**k f'/f, w = (z - center) / radius."""
+        m = _moments((self.bottom, self.right, self.top, self.left), (1.0, 1.0, -1.0, -1.0),
+                     self.center(), self.radius(), kmax)
         return m / (2j * math.pi)
 
     def contains(self, z: complex, tol: float) -> bool:
@@ -461,6 +631,8 @@ class _Rect:
 
 
 _T = np.linspace(0.0, 1.0, _N0 + 1)
+_GS = 0.5 + 0.5 * np.array([-math.sqrt(0.6), 0.0, math.sqrt(0.6)])  # Gauss nodes on [0, 1]
+_GW = np.array([5.0, 8.0, 5.0]) / 18.0
 _H0 = 0.1  # initial sample spacing along Re(neff): 2 |im_min| with the default im_min
 
 
@@ -468,30 +640,60 @@ def _line(z0: complex, z1: complex, key: int) -> _Edge:
     return _Edge(z0 + (z1 - z0) * _T, key)
 
 
-def _grid(x0: float, x1: float, y0: float, y1: float, key: int, cell: float
-          ) -> tuple[list[_Rect], list[_Edge]]:
+def _grid(x0: float, x1: float, y0: float, y1: float, key: int, cell: float,
+          branch: np.ndarray) -> tuple[list[_Rect], list[_Edge]]:
     """nx x ny rectangles covering [x0,x1]x[y0,y1] with shared edges.
 
     Horizontal edges start with samples every <= _H0 (roots may sit on the real axis, only
-    |im_min| below the bottom edge), vertical ones with _N0 intervals.
+    |im_min| below the bottom edge), vertical ones with _N0 intervals, graded towards the
+    cladding branch points ``branch`` that lie close to them (:func:`_graded`).
     """
     nx = max(1, math.ceil((x1 - x0) / cell))
     ny = max(1, math.ceil((y1 - y0) / cell))
-    xs = np.linspace(x0, x1, nx + 1)
-    ys = np.linspace(y0, y1, ny + 1)
-    th = np.linspace(0.0, 1.0, max(_N0, math.ceil((x1 - x0) / nx / _H0)) + 1)
+    xs = x0 + (x1 - x0) * np.arange(nx + 1) / nx
+    ys = y0 + (y1 - y0) * np.arange(ny + 1) / ny
+    nh = max(_N0, math.ceil((x1 - x0) / nx / _H0))
+    th = np.arange(nh + 1) / nh
     hz = (xs[:-1, None] + np.diff(xs)[:, None] * th)[None, :, :] + 1j * ys[:, None, None]
-    vz = xs[:, None, None] + 1j * (ys[:-1, None] + np.diff(ys)[:, None] * _T)[None, :, :]
+    vy = ys[:-1, None] + np.diff(ys)[:, None] * _T
+    near = np.abs(xs[:, None] - branch.real[None, :]).min(axis=1) < 1e-2
     h = [[_Edge(hz[j, i], key) for i in range(nx)] for j in range(ny + 1)]
-    v = [[_Edge(vz[i, j], key) for j in range(ny)] for i in range(nx + 1)]
+    v = [[_Edge(x + 1j * (_graded(vy[j], x, branch) if close else vy[j]), key)
+          for j in range(ny)] for x, close in zip(xs.tolist(), near.tolist(), strict=True)]
     rects = [_Rect(xs[i], xs[i + 1], ys[j], ys[j + 1], key, h[j][i], v[i + 1][j], h[j + 1][i],
                    v[i][j]) for i in range(nx) for j in range(ny)]
     edges = [e for row in h for e in row] + [e for col in v for e in col]
     return rects, edges
 
 
-def _cut_edge(e: _Edge, zm: complex, Lm: complex, horizontal: bool) -> tuple[_Edge, _Edge]:
-    """Split edge at the point zm (value Lm) into its two halves."""
+def _branch_points(eps: np.ndarray) -> np.ndarray:
+    """N_c of the two claddings: where their kz = k0 sqrt(eps_c - neff**2) branches."""
+    return np.sqrt(eps[[0, -1]].astype(complex))
+
+
+def _graded(y: np.ndarray, x: float, branch: np.ndarray) -> np.ndarray:
+    """Samples ``y`` (Im neff) of a vertical edge at Re neff = x, plus samples graded towards
+    every cladding branch point N_c within 1e-2 of the edge (e.g. the left edge, 1e-5 from the
+    light line of an unshielded cladding, or a split line through N_c): at geometric distances
+    max(dist, 1e-6) * 4**k < 0.1 above and below Im N_c. f'/f grows like 1 / sqrt(distance)
+    there, and these samples spare the refinement its slow bisection. (No sample on N_c itself,
+    where f'/f is infinite.)"""
+    extra = []
+    for c in branch:
+        dist = abs(x - c.real)
+        if dist < 1e-2 and y[0] < c.imag < y[-1]:
+            off = max(dist, 1e-6) * 4.0 ** np.arange(12)
+            off = off[off < 0.1]
+            extra.append(c.imag + np.concatenate([-off, off]))
+    if not extra:
+        return y
+    out = np.concatenate([y, *extra])
+    return np.unique(out[(out >= y[0]) & (out <= y[-1])])
+
+
+def _cut_edge(e: _Edge, zm: complex, Lm: complex, Dm: complex, horizontal: bool
+              ) -> tuple[_Edge, _Edge]:
+    """Split edge at the point zm (values Lm, Dm) into its two halves."""
     t = e.z.real if horizontal else e.z.imag
     tm = zm.real if horizontal else zm.imag
     tol = 1e-13 * max(1.0, abs(tm))
@@ -499,8 +701,10 @@ def _cut_edge(e: _Edge, zm: complex, Lm: complex, horizontal: bool) -> tuple[_Ed
     hi = t > tm + tol
     a = _Edge(np.concatenate([e.z[lo], [zm]]), e.key)
     a.L = np.concatenate([e.L[lo], [Lm]])
+    a.D = np.concatenate([e.D[lo], [Dm]])
     b = _Edge(np.concatenate([[zm], e.z[hi]]), e.key)
     b.L = np.concatenate([[Lm], e.L[hi]])
+    b.D = np.concatenate([[Dm], e.D[hi]])
     a.singular = b.singular = e.singular
     return a, b
 
@@ -521,23 +725,26 @@ def _split(rect: _Rect, frac: float) -> tuple[list[_Rect], _Edge]:
 def _finish_split(parent: _Rect, kids: list[_Rect], mid: _Edge) -> None:
     """After ``mid`` is evaluated, give the children the halves of the parent's cut edges."""
     if kids[0].bottom is None:  # vertical cut
-        b = _cut_edge(parent.bottom, mid.z[0], mid.L[0], True)
-        t = _cut_edge(parent.top, mid.z[-1], mid.L[-1], True)
+        b = _cut_edge(parent.bottom, mid.z[0], mid.L[0], mid.D[0], True)
+        t = _cut_edge(parent.top, mid.z[-1], mid.L[-1], mid.D[-1], True)
         kids[0].bottom, kids[1].bottom = b
         kids[0].top, kids[1].top = t
     else:
-        r = _cut_edge(parent.right, mid.z[-1], mid.L[-1], False)
-        lft = _cut_edge(parent.left, mid.z[0], mid.L[0], False)
+        r = _cut_edge(parent.right, mid.z[-1], mid.L[-1], mid.D[-1], False)
+        lft = _cut_edge(parent.left, mid.z[0], mid.L[0], mid.D[0], False)
         kids[0].right, kids[1].right = r
         kids[0].left, kids[1].left = lft
 
 
 def _newton(ev: _Evaluator, z: np.ndarray, keys: np.ndarray, max_step: np.ndarray,
             maxit: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised Newton on f, with f'/f from central differences of exp(log f - log f(z)).
+    """Vectorised Newton on f with the exact f'/f (step -f/f' = -1 / (f'/f)).
 
-    Stops a root when the relative step is < 1e-14, or < 1e-10 and no longer shrinking
-    (round-off floor); such roots are reported converged.
+    A root is converged once a relative step s_k is below 1e-9 (with quadratic convergence the
+    error left is ~1e-18 / (distance to the next zero); at a round-off floor or a degenerate
+    zero the step size is the error), or once the iteration is visibly quadratic
+    (s_k < 1e-2 s_{k-1}) and the error it predicts after the step, s_k**3 / s_{k-1}**2, is
+    below 1e-14.
     """
     z = np.array(z, dtype=complex)
     conv = np.zeros(z.size, dtype=bool)
@@ -547,18 +754,18 @@ def _newton(ev: _Evaluator, z: np.ndarray, keys: np.ndarray, max_step: np.ndarra
         if active.size == 0:
             break
         za = z[active]
-        h = 1e-6 * (1.0 + np.abs(za))
-        ka = keys[active]
-        L = ev(np.concatenate([za, za + h, za - h]), np.concatenate([ka, ka, ka]))
-        L0, Lp, Lm = np.split(L, 3)
+        _, D = ev(za, keys[active])
         with np.errstate(all="ignore"):
-            step = -2 * h / (np.exp(Lp - L0) - np.exp(Lm - L0))
+            step = -1.0 / D
         step = np.where(np.isfinite(step), step, 0.0)
         ms = max_step[active]
         step = np.where(np.abs(step) > ms, step * ms / np.maximum(np.abs(step), 1e-300), step)
         z[active] = za + step
         size = np.abs(step) / (1.0 + np.abs(za))
-        done = (size < 1e-14) | ((size < 1e-10) & (size > 0.2 * prev[active]))
+        pa = prev[active]
+        with np.errstate(all="ignore"):
+            quadratic = np.isfinite(pa) & (size < 1e-2 * pa) & (size**3 < 1e-14 * pa * pa)
+        done = (size < 1e-9) | quadratic
         conv[active[done]] = True
         prev[active] = size
         active = active[~done]
@@ -584,8 +791,9 @@ def _initial_rects(ev: _Evaluator, parts: list[tuple[float, float, int]], y0: fl
     rects: list[_Rect] = []
     edges: list[_Edge] = []
     cell = max(y1 - y0, 0.2)
+    branch = _branch_points(ev.ctx.eps)
     for x0, x1, key in parts:
-        r, e = _grid(x0, x1, y0, y1, key, cell)
+        r, e = _grid(x0, x1, y0, y1, key, cell, branch)
         rects += r
         edges += e
     _eval_new_edges(ev, edges)
@@ -602,11 +810,11 @@ _TINY = 1e-4  # rectangles smaller than _TINY (1 + |z|) that Newton cannot resol
 def _cluster(zs: list[complex]) -> list[complex]:
     """Merge points closer than the cluster radius (single linkage); returns the means."""
     groups: list[list[complex]] = []
-    for z in zs:
+    for z in map(complex, zs):
         near = [g for g in groups if any(abs(z - w) < _CLUSTER * (1 + abs(w)) for w in g)]
         merged = [z] + [w for g in near for w in g]
         groups = [g for g in groups if g not in near] + [merged]
-    return [complex(np.mean(g)) for g in groups]
+    return [sum(g) / len(g) for g in groups]
 
 
 def _local_windings(ev: _Evaluator, zs: list[complex], keys: list[int]) -> list[int]:
@@ -728,15 +936,21 @@ def _dedupe(zs: Sequence[complex], tol: float) -> list[complex]:
 # --------------------------------------------------------------------------- classification
 
 
+def _csqrt_sheet(w: complex, outgoing: bool) -> complex:
+    s = cmath.sqrt(w)
+    return s if outgoing or s.imag >= 0 else -s
+
+
 def _classify(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool,
               wavelength_nm: float) -> Mode:
     eps = ctx.eps
+    neff = complex(neff)
     nn = neff * neff
-    kap = {"substrate": complex(_sqrt_sheet(eps[0] - nn, out_s)),
-           "superstrate": complex(_sqrt_sheet(eps[-1] - nn, out_c))}
+    epsc = {"substrate": complex(eps[0]), "superstrate": complex(eps[-1])}
+    kap = {"substrate": _csqrt_sheet(epsc["substrate"] - nn, out_s),
+           "superstrate": _csqrt_sheet(epsc["superstrate"] - nn, out_c)}
     branch = {"substrate": "outgoing" if out_s else "proper",
               "superstrate": "outgoing" if out_c else "proper"}
-    epsc = {"substrate": eps[0], "superstrate": eps[-1]}
     scale = 1e-12 * (1 + abs(neff))
     if any(k.imag < -scale for k in kap.values()):
         kind_branch = "leaky"
@@ -744,17 +958,22 @@ def _classify(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool,
         kind_branch = "substrate-radiating"
     else:
         kind_branch = "bound"
+    kind_material = "plasmonic" if neff.real > _nmax_dielectric(eps) else "photonic"
+    alpha = 4 * math.pi * neff.imag / (wavelength_nm * 1e-7)
+    return Mode(neff=neff, polarization="TM" if tm else "TE",
+                wavelength_nm=float(wavelength_nm), alpha_cm=float(alpha),
+                kind_material=kind_material, kind_branch=kind_branch, kz_branch=branch,
+                kz_cladding={c: ctx.k0 * k for c, k in kap.items()})
+
+
+def _nmax_dielectric(eps: np.ndarray) -> float:
+    """Largest Re(n) of the dielectric layers (of the dielectric media if no layer is one):
+    modes above it are plasmonic."""
     layers = eps[1:-1]
     diel = layers[layers.real > 0]
     if diel.size == 0:
         diel = eps[eps.real > 0]
-    nmax = float(np.sqrt(diel).real.max()) if diel.size else 0.0
-    kind_material = "plasmonic" if neff.real > nmax else "photonic"
-    alpha = 4 * math.pi * neff.imag / (wavelength_nm * 1e-7)
-    return Mode(neff=complex(neff), polarization="TM" if tm else "TE",
-                wavelength_nm=float(wavelength_nm), alpha_cm=float(alpha),
-                kind_material=kind_material, kind_branch=kind_branch, kz_branch=branch,
-                kz_cladding={c: complex(ctx.k0 * k) for c, k in kap.items()})
+    return float(np.sqrt(diel).real.max()) if diel.size else 0.0
 
 
 def _label(modes: list[Mode]) -> list[Mode]:
@@ -833,7 +1052,7 @@ def count_modes(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polarizat
     y0, y1 = region.im_min, region.im_max
     rects = []
     for x0, x1, key in parts:
-        r, _ = _grid(x0, x1, y0, y1, key, cell=1e9)
+        r, _ = _grid(x0, x1, y0, y1, key, 1e9, _branch_points(ctx.eps))
         rects += r
     edges = [e for r in rects for e in (r.bottom, r.right, r.top, r.left)]
     _eval_new_edges(ev, edges)

@@ -9,7 +9,7 @@ from qdcavity.analyses import ModesAnalysis
 from qdcavity.modeset import ModeRecord, field_grid, modes_dataset
 from qdcavity.stack import Stack
 
-from .fields import confinement, mode_profile
+from .fields import confinements, mode_profile
 from .modes import Mode, continue_modes, find_modes
 
 FIELDS = {"TE": ("Ey",), "TM": ("Hy", "Ex", "Ez")}
@@ -20,29 +20,38 @@ def bleached_layers(stack: Stack, analysis: ModesAnalysis) -> list[str]:
     return [stack.gain_layer] if stack.gain_layer and analysis.gain_layer_k == "bleached" else []
 
 
-def _record(n: np.ndarray, d: np.ndarray, lam: float, mode: Mode, z: np.ndarray) -> ModeRecord:
-    conf = confinement(n, d, lam, mode)
-    profile = mode_profile(n, d, lam, mode, z) if z.size else {}
-    return ModeRecord(
-        neff=complex(mode.neff), label=mode.label, kind=mode.kind_material,
-        branch=mode.kind_branch, gamma_E=np.asarray(conf.gamma_E),
-        gamma_P=np.asarray(conf.gamma_P),
-        fields={name: profile[name] for name in FIELDS[mode.polarization] if name in profile},
-    )
+def _records(n: np.ndarray, d: np.ndarray, lam: float, modes: list[Mode],
+             z: np.ndarray) -> list[ModeRecord]:
+    out = []
+    for mode, conf in zip(modes, confinements(n, d, lam, modes), strict=True):
+        profile = mode_profile(n, d, lam, mode, z) if z.size else {}
+        out.append(ModeRecord(
+            neff=complex(mode.neff), label=mode.label, kind=mode.kind_material,
+            branch=mode.kind_branch, gamma_E=np.asarray(conf.gamma_E),
+            gamma_P=np.asarray(conf.gamma_P),
+            fields={name: profile[name] for name in FIELDS[mode.polarization] if name in profile},
+        ))
+    return out
 
 
-def _solve_wavelength(n: np.ndarray, d: np.ndarray, lam: float, pol: str,
-                      previous: list[Mode] | None) -> list[Mode]:
-    """Global search; with ``previous`` (the neighbouring wavelength) the result is checked
-    against the continued roots so that no tracked mode is lost between wavelengths."""
-    found = find_modes(n, d, lam, pol)
-    if previous:
-        tracked = [m for m in continue_modes(n, d, lam, previous, fallback=False) if m]
+def _solve_wavelength(n: np.ndarray, d: np.ndarray, lam: float, pols: tuple[str, ...],
+                      previous: dict[str, list[Mode]]) -> dict[str, list[Mode]]:
+    """Global search of every requested polarization in one contour evaluation; with
+    ``previous`` (the neighbouring wavelength's modes) the result is checked against the
+    continued roots so that no tracked mode is lost between wavelengths."""
+    found = find_modes(n, d, lam, "both" if len(set(pols)) > 1 else pols[0])
+    prev = [m for pol in pols for m in previous.get(pol, [])]
+    tracked = [m for m in continue_modes(n, d, lam, prev, fallback=False) if m] if prev else []
+    out: dict[str, list[Mode]] = {}
+    for pol in pols:
+        mine = [m for m in found if m.polarization == pol]
         for mode in tracked:
-            if all(abs(mode.neff - f.neff) > 1e-7 * (1 + abs(f.neff)) for f in found):
-                found.append(mode)
-        found.sort(key=lambda m: -m.neff.real)
-    return found
+            if mode.polarization == pol and all(
+                    abs(mode.neff - f.neff) > 1e-7 * (1 + abs(f.neff)) for f in mine):
+                mine.append(mode)
+        mine.sort(key=lambda m: -m.neff.real)
+        out[pol] = mine
+    return out
 
 
 def solve_modes(stack: Stack, analysis: ModesAnalysis) -> xr.Dataset:
@@ -51,13 +60,18 @@ def solve_modes(stack: Stack, analysis: ModesAnalysis) -> xr.Dataset:
     d = stack.thicknesses_nm
     z = field_grid(stack.interfaces_nm, analysis.field_padding_nm, analysis.field_points) \
         if analysis.fields else np.empty(0)
+    pols = tuple(analysis.polarizations)
     records: dict[tuple[float, str], list[ModeRecord]] = {}
-    for pol in analysis.polarizations:
-        previous: list[Mode] | None = None
-        for lam, n in zip(lams, n_all, strict=True):
-            modes = _solve_wavelength(n, d, lam, pol, previous)
-            records[(lam, pol)] = [_record(n, d, lam, m, z) for m in modes]
-            previous = modes
+    previous: dict[str, list[Mode]] = {}
+    for lam, n in zip(lams, n_all, strict=True):
+        modes = _solve_wavelength(n, d, lam, pols, previous)
+        flat = [m for pol in pols for m in modes[pol]]
+        recs = _records(n, d, lam, flat, z)
+        i = 0
+        for pol in pols:
+            records[(lam, pol)] = recs[i:i + len(modes[pol])]
+            i += len(modes[pol])
+        previous = modes
     ds = modes_dataset(records, lams, analysis.polarizations, stack.media_names, z,
                        stack.gain_layer, analysis.material_gain_cm, analysis.max_modes)
     ds.attrs["gain_layer_k"] = analysis.gain_layer_k
