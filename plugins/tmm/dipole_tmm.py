@@ -44,7 +44,7 @@ def solve_dipole(stack: Stack, analysis: DipoleEmissionAnalysis, orientations: S
     n_emitter = np.empty(len(lams))
     for i, (lam, n) in enumerate(zip(lams, n_all, strict=True)):
         n_e = n[pos].real
-        hints = [m.neff.real / n_e for pol in ("TE", "TM") for m in find_modes(n, d, lam, pol)]
+        hints = [m.neff.real / n_e for m in find_modes(n, d, lam, "both")]
         res = dipole_emission(n, d, lam, pos, z_in, u=u, pole_hints=hints, rtol=analysis.rtol)
         K[:, i], fractions[:, i], purcell[:, i] = res.K, res.fractions, res.purcell
         n_emitter[i] = res.n_emitter
