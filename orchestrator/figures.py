@@ -151,9 +151,11 @@ def outcoupling_figures(ds: xr.Dataset, out_dir: Path, name: str = "outcoupling"
         ax2.plot(view.angle_deg, pick("angular_pattern", entry), label=label)
         nominal = float(pick("material_gain_nominal_cm", entry))
         vertical = pick("vertical_output", entry).sel(material_gain_cm=nominal, method="nearest")
-        ax3.semilogy(view.stripe_length_um, np.clip(vertical, 1e-12, None), label=label)
+        ax3.semilogy(view.stripe_length_um, vertical.where(vertical > 0), label=label)  # L > 0
     ax2.set_xlabel("angle in air (deg)")
-    ax2.set_ylabel("dP/dOmega (normalized)")
+    # 3D: power per solid angle; 2D (y-invariant cells): power per radian in the x-z plane
+    per = "dtheta" if view.attrs.get("geometry") == "2d" else "dOmega"
+    ax2.set_ylabel(f"dP/{per} (normalized)")
     ax3.set_xlabel("stripe length (um)")
     ax3.set_ylabel("vertical output (a.u.)")
     ax3.set_title(f"G_mat = {nominal:g} cm$^{{-1}}$", fontsize=9)
