@@ -9,11 +9,15 @@ can always be aligned and subtracted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from .errors import ContractError
+
+if TYPE_CHECKING:
+    from .analyses import OutcouplingAnalysis
 
 CONVENTIONS = (
     "time dependence exp(-i omega t); N = n + ik, k > 0 absorbing; z normal to the stack, "
@@ -89,6 +93,8 @@ CONTRACTS: dict[str, Contract] = {
             "purcell": Var(("orientation", "wavelength_nm"), "f", "1"),
         },
     ),
+    # A quantity a backend does not measure keeps a finite value from a stated source (e.g. the
+    # TMM model) with a "source" attribute, listed in attrs["not_measured"] (docs/outcoupling.md)
     "outcoupling": Contract(
         coords={
             "wavelength_nm": Var(("wavelength_nm",), "f", "nm"),
@@ -178,3 +184,54 @@ def with_units(ds: xr.Dataset, analysis_kind: str) -> xr.Dataset:
             ds[name].attrs["units"] = spec.units
     ds.attrs.setdefault("conventions", CONVENTIONS)
     return ds
+
+
+def outcoupling_dataset(rows: list[dict[str, Any]], analysis: OutcouplingAnalysis,
+                        theta_deg: np.ndarray, *,
+                        extra: dict[str, tuple[str, str]] | None = None,
+                        per_realization: dict[str, str] | None = None,
+                        sources: dict[str, str] | None = None,
+                        descriptions: dict[str, str] | None = None) -> xr.Dataset:
+    """An ``outcoupling`` dataset from one dict per wavelength holding every contract
+    variable, plus ``extra`` per-wavelength variables ({name: (units, description)}) and
+    ``per_realization`` ones ({name: units}, dims wavelength_nm x realization). ``sources``
+    ({variable: where its value comes from}) marks what a backend does not measure: a
+    ``source`` attribute on each, listed in ``attrs["not_measured"]``; ``descriptions``
+    ({variable: text}) are set as their ``description`` attributes."""
+    extra, per_realization, sources = extra or {}, per_realization or {}, sources or {}
+
+    def stacked(name: str, kind: str = "f") -> np.ndarray:
+        return np.asarray([r[name] for r in rows], dtype=complex if kind == "c" else float)
+
+    wl = ("wavelength_nm",)
+    data = {n: (s.dims, stacked(n, s.kind)) for n, s in CONTRACTS["outcoupling"].variables.items()}
+    data.update({n: (wl, stacked(n)) for n in extra})
+    data.update({n: ((*wl, "realization"), stacked(n)) for n in per_realization})
+    coords = {"wavelength_nm": np.asarray(analysis.wavelength_nm, dtype=float),
+              "material_gain_cm": np.asarray(analysis.gain_scan_cm, dtype=float),
+              "stripe_length_um": np.asarray(analysis.stripe_length_um, dtype=float),
+              "angle_deg": np.asarray(theta_deg, dtype=float), "channel": list(CHANNELS)}
+    if per_realization:
+        coords["realization"] = np.arange(len(rows[0][next(iter(per_realization))]))
+    ds = xr.Dataset(data, coords=coords)
+    for name, (units, text) in extra.items():
+        ds[name].attrs.update({"units": units, "description": text})
+    for name, units in per_realization.items():
+        ds[name].attrs.update({"units": units, "description": "one value per realization"})
+    for name, text in sources.items():
+        ds[name].attrs["source"] = text
+    for name, text in (descriptions or {}).items():
+        ds[name].attrs["description"] = text
+    if sources:
+        ds.attrs["not_measured"] = (", ".join(sources) + ": see each variable's 'source' "
+                                    "attribute")
+    return with_units(ds, "outcoupling")
+
+
+#: How a full-wave backend averages the outcoupling quantities over seeded realizations.
+REALIZATION_DESCRIPTIONS = {
+    "escape_fraction": "pooled over the realizations: sum alpha_up / sum alpha_sca",
+    "alpha_sca_cm": "mean over the realizations",
+    "angular_pattern": "dP/dtheta in the x-z plane of the superstrate, speckle-smoothed, summed "
+                       "over the realizations, max 1",
+}

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from qdcavity import contracts
 from qdcavity.analyses import OutcouplingAnalysis
-from qdcavity.contracts import CHANNELS, CONTRACTS, with_units
+from qdcavity.contracts import CHANNELS, REALIZATION_DESCRIPTIONS
 from qdcavity.errors import SolverError
 from qdcavity.stack import Stack
 
@@ -215,32 +216,9 @@ def outcoupling_dataset(stack: Stack, analysis: OutcouplingAnalysis,
     theta = np.linspace(0.0, 89.5, analysis.angle_points)
     rows = [_row(stack, analysis, p, measure(p, data, theta), theta) for p in plans]
 
-    def stacked(name: str, kind: str = "f") -> np.ndarray:
-        return np.asarray([r[name] for r in rows], dtype=complex if kind == "c" else float)
-
-    wl = ("wavelength_nm",)
-    out = {name: (spec.dims, stacked(name, spec.kind))
-           for name, spec in CONTRACTS["outcoupling"].variables.items()}
-    out.update({name: (wl, stacked(name)) for name in EXTRA_VARS})
-    out.update({name: ((*wl, "realization"), stacked(name)) for name in REALIZATION_VARS})
-    ds = xr.Dataset(out, coords={
-        "wavelength_nm": np.asarray([p.wavelength_nm for p in plans], dtype=float),
-        "material_gain_cm": np.asarray(analysis.gain_scan_cm, dtype=float),
-        "stripe_length_um": np.asarray(analysis.stripe_length_um, dtype=float),
-        "angle_deg": theta, "channel": list(CHANNELS),
-        "realization": np.arange(len(plans[0].realization_keys))})
-    for name, (units, text) in EXTRA_VARS.items():
-        ds[name].attrs.update({"units": units, "description": text})
-    for name, units in REALIZATION_VARS.items():
-        ds[name].attrs.update({"units": units, "description": "one value per realization"})
-    for name, text in SOURCES.items():
-        ds[name].attrs["source"] = text
-    ds["escape_fraction"].attrs["description"] = (
-        "pooled over the realizations: sum alpha_up / sum alpha_sca")
-    ds["alpha_sca_cm"].attrs["description"] = "mean over the realizations"
-    ds["angular_pattern"].attrs["description"] = (
-        "dP/dtheta in the x-z plane of the superstrate, speckle-smoothed, summed over the "
-        "realizations, max 1")
+    ds = contracts.outcoupling_dataset(rows, analysis, theta, extra=EXTRA_VARS,
+                                       per_realization=REALIZATION_VARS, sources=SOURCES,
+                                       descriptions=REALIZATION_DESCRIPTIONS)
     p0 = plans[0]
     ds.attrs.update({
         "mode": analysis.mode, "gain_layer": stack.gain_layer, "geometry": "2d",
@@ -252,13 +230,10 @@ def outcoupling_dataset(stack: Stack, analysis: OutcouplingAnalysis,
         "cylinder_centres_um": json.dumps({p.wavelength_nm: [c.round(6).tolist()
                                                              for c in p.centres_um]
                                            for p in plans}),
-        "not_measured": "neff, alpha_abs_cm, gamma_P (local mode solver); beta, "
-                        "spontaneous_air_fraction (tmm model); scattered_fraction except "
-                        "'air' (not split): see each variable's 'source' attribute",
         "model": "plugins/tidy3d/outcoupling.py and outcoupling_post.py; docs/tidy3d.md",
         **(attrs or {}),
     })
-    return with_units(ds, "outcoupling")
+    return ds
 
 
 def run_outcoupling(stack: Stack, analysis: OutcouplingAnalysis, opts: Any) -> xr.Dataset:
