@@ -1,8 +1,11 @@
-"""Build the ``modes`` contract dataset from per-mode records (shared by every backend).
+"""What every ``modes`` backend shares: labels, plasmon estimates, field normalization, and
+the contract dataset built from per-mode records.
 
 A backend solves each (wavelength, polarization) and hands a list of :class:`ModeRecord`,
 sorted by Re(neff) descending, to :func:`modes_dataset`, which pads to ``max_modes`` slots
 (``n_modes`` says how many are real), computes alpha, modal and net gain, and sets units.
+Labels follow one rule for every backend (:func:`mode_labels`), so that ``TE0`` of one solver
+is compared with ``TE0`` of another.
 """
 
 from __future__ import annotations
@@ -35,6 +38,69 @@ class ModeRecord:
 def alpha_cm(neff: complex | np.ndarray, wavelength_nm: float | np.ndarray) -> np.ndarray:
     """Intensity loss coefficient alpha = 4 pi Im(neff) / lambda in cm^-1."""
     return 4 * np.pi * np.imag(neff) / (np.asarray(wavelength_nm) * 1e-7)
+
+
+def mode_labels(neff: Sequence[complex], polarization: Sequence[str], kind: Sequence[str],
+                branch: Sequence[str]) -> list[str]:
+    """Labels of a set of modes (one wavelength): per polarization, photonic modes are ``TE0``,
+    ``TE1``... (``TM0``...) and plasmonic ones ``SPP0``..., each in descending Re(neff); leaky
+    modes are numbered apart, ``TE-leaky0``, ``SPP-leaky0``. ``kind`` is "photonic" or
+    "plasmonic", ``branch`` "bound", "substrate-radiating" or "leaky"."""
+    labels = [""] * len(neff)
+    groups: dict[tuple[str, str, bool], list[int]] = {}
+    for i, (pol, k, b) in enumerate(zip(polarization, kind, branch, strict=True)):
+        groups.setdefault((pol, k, b == "leaky"), []).append(i)
+    for (pol, k, leaky), members in groups.items():
+        members.sort(key=lambda i: -complex(neff[i]).real)
+        base = pol if k == "photonic" else "SPP"
+        infix = "-leaky" if leaky else ""
+        for rank, i in enumerate(members):
+            labels[i] = f"{base}{infix}{rank}"
+    return labels
+
+
+def plasmon_estimates(eps: np.ndarray, k0_d: np.ndarray) -> np.ndarray:
+    """Rough neff of every surface or film plasmon a stack can carry (to bound mode searches).
+
+    ``eps``: (L+2,) permittivities, substrate first; ``k0_d``: (L,) k0 times layer thickness.
+    Single interfaces between media of opposite sign of Re eps: sqrt(e1 e2 / (e1 + e2)) (the
+    denominator kept away from zero); a layer between media of the opposite sign (a thin metal
+    film or a dielectric gap): the short-range / gap-plasmon asymptote
+    neff**2 ~ e_d + (2 e_d / (|e_m| k0 d))**2.
+    """
+    est: list[complex] = []
+    for a, b in zip(eps[:-1], eps[1:], strict=True):
+        if a.real * b.real < 0:
+            s = a + b
+            if abs(s) < 1e-3 * max(abs(a), abs(b)):
+                s = 1e-3 * max(abs(a), abs(b))
+            est.append(complex(np.sqrt(a * b / s)))
+    for j in range(1, eps.size - 1):
+        ej = eps[j]
+        opp = [e for e in (eps[j - 1], eps[j + 1]) if e.real * ej.real < 0]
+        if not opp:
+            continue
+        if ej.real < 0:
+            ed, em = max(e.real for e in opp), abs(ej)
+        else:
+            ed, em = ej.real, min(abs(e) for e in opp)
+        est.append(complex(np.sqrt(ed + (2 * ed / (em * k0_d[j - 1])) ** 2 + 0j)))
+    return np.asarray(est, dtype=complex)
+
+
+def normalize_to_peak_e(components: Mapping[str, np.ndarray], e_names: Sequence[str]
+                        ) -> dict[str, np.ndarray]:
+    """Field components scaled so that max |E| = 1 on the grid, with the dominant E component
+    real and positive there (the convention of every backend's ``field_*`` variables)."""
+    comps = dict(components)
+    e2 = sum(np.abs(comps[k]) ** 2 for k in e_names)
+    imax = int(np.argmax(e2))
+    if e2[imax] > 0:
+        dom = max(e_names, key=lambda k: abs(comps[k][imax]))
+        phase = comps[dom][imax] / abs(comps[dom][imax])
+        scale = 1.0 / (np.sqrt(e2[imax]) * phase)
+        comps = {k: v * scale for k, v in comps.items()}
+    return comps
 
 
 def modes_dataset(

@@ -48,7 +48,13 @@ import xarray as xr
 
 from qdcavity.analyses import ModesAnalysis
 from qdcavity.errors import SolverError
-from qdcavity.modeset import ModeRecord, field_grid, modes_dataset
+from qdcavity.modeset import (
+    ModeRecord,
+    field_grid,
+    mode_labels,
+    modes_dataset,
+    normalize_to_peak_e,
+)
 from qdcavity.stack import Stack
 
 from ._runtime import blas_threads, tidy3d, tidy3d_module
@@ -366,13 +372,7 @@ def _profiles(prob: _Problem, grid: ZGrid, clads: Sequence[Cladding], neff: comp
         ex_out = continue_out(lin(zn, ex)(z_out), lin(zn, ex))
         comps = {"Hy": hy_out, "Ex": ex_out, "Ez": -neff * hy_out / eps_out}
         e_names = ("Ex", "Ez")
-    e2 = sum(np.abs(comps[k]) ** 2 for k in e_names)
-    imax = int(np.argmax(e2))
-    if e2[imax] > 0:
-        dom = max(e_names, key=lambda k: abs(comps[k][imax]))
-        phase = comps[dom][imax] / abs(comps[dom][imax])
-        scale = 1.0 / (np.sqrt(e2[imax]) * phase)
-        comps = {k: v * scale for k, v in comps.items()}
+    comps = normalize_to_peak_e(comps, e_names)
     return {k: comps[k] for k in FIELDS[pol]}
 
 
@@ -467,13 +467,12 @@ def solve_wavelength(prob: _Problem, opts: Tidy3DOptions, z_out: np.ndarray,
 
 
 def _label(modes: list[FoundMode], pol: str) -> list[FoundMode]:
+    """The modes of one polarization, labelled by the rule every backend shares."""
     out = [m for m in modes if m.polarization == pol]
-    photonic = plasmonic = 0
-    for m in out:
-        if m.kind == "photonic":
-            m.label, photonic = f"{pol}{photonic}", photonic + 1
-        else:
-            m.label, plasmonic = f"SPP{plasmonic}", plasmonic + 1
+    labels = mode_labels([m.neff for m in out], [m.polarization for m in out],
+                         [m.kind for m in out], [m.branch for m in out])
+    for m, label in zip(out, labels, strict=True):
+        m.label = label
     return out
 
 

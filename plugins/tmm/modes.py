@@ -73,6 +73,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from qdcavity.modeset import mode_labels, plasmon_estimates
+
 __all__ = [
     "Mode",
     "SearchRegion",
@@ -338,33 +340,6 @@ def _is_tm(polarization: str) -> bool:
 # --------------------------------------------------------------------------- search region
 
 
-def _spp_estimates(eps: np.ndarray, kd: np.ndarray) -> np.ndarray:
-    """Rough neff of every surface/film plasmon the stack can carry (for the search bounds).
-
-    Single interfaces: sqrt(e1 e2 / (e1 + e2)); a layer between media of the opposite sign of
-    Re eps (thin metal film or dielectric gap): the short-range / gap-plasmon asymptote
-    neff**2 ~ e_d + (2 e_d / (|e_m| k0 d))**2.
-    """
-    est: list[complex] = []
-    for a, b in zip(eps[:-1], eps[1:], strict=True):
-        if a.real * b.real < 0:
-            s = a + b
-            if abs(s) < 1e-3 * max(abs(a), abs(b)):
-                s = 1e-3 * max(abs(a), abs(b))
-            est.append(complex(np.sqrt(a * b / s)))
-    for j in range(1, eps.size - 1):
-        ej, nbrs = eps[j], (eps[j - 1], eps[j + 1])
-        opp = [e for e in nbrs if e.real * ej.real < 0]
-        if not opp:
-            continue
-        if ej.real < 0:
-            ed, em = max(e.real for e in opp), abs(ej)
-        else:
-            ed, em = ej.real, min(abs(e) for e in opp)
-        est.append(complex(np.sqrt(ed + (2 * ed / (em * kd[j - 1])) ** 2 + 0j)))
-    return np.asarray(est, dtype=complex)
-
-
 def search_region(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
                   im_min: float = -0.05) -> SearchRegion:
     """Default search rectangle for :func:`find_modes`.
@@ -388,7 +363,7 @@ def search_region(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
     else:
         lo = 0.0
     lo = max(lo, 1e-3) + _EDGE_MARGIN
-    est = _spp_estimates(eps, ctx.kd)
+    est = plasmon_estimates(eps, ctx.kd)
     top = max([abs(x) for x in nidx] + [abs(x.real) for x in est])
     hi = 1.25 * top + 0.5
     im_hi = max(1.0, 1.5 * max([abs(x.imag) for x in est], default=0.0) + 0.25)
@@ -977,16 +952,9 @@ def _nmax_dielectric(eps: np.ndarray) -> float:
 
 
 def _label(modes: list[Mode]) -> list[Mode]:
-    out = []
-    for pol in ("TE", "TM"):
-        for mat in ("photonic", "plasmonic"):
-            for leaky in (False, True):
-                sel = [m for m in modes if m.polarization == pol and m.kind_material == mat
-                       and (m.kind_branch == "leaky") == leaky]
-                sel.sort(key=lambda m: -m.neff.real)
-                base = pol if mat == "photonic" else "SPP"
-                infix = "-leaky" if leaky else ""
-                out += [replace(m, label=f"{base}{infix}{i}") for i, m in enumerate(sel)]
+    labels = mode_labels([m.neff for m in modes], [m.polarization for m in modes],
+                         [m.kind_material for m in modes], [m.kind_branch for m in modes])
+    out = [replace(m, label=lab) for m, lab in zip(modes, labels, strict=True)]
     out.sort(key=lambda m: -m.neff.real)
     return out
 

@@ -46,7 +46,14 @@ from qdcavity.analyses import Analysis, ModesAnalysis
 from qdcavity.backend import Backend
 from qdcavity.errors import QdcavityError, SolverError
 from qdcavity.hookspecs import hookimpl
-from qdcavity.modeset import ModeRecord, field_grid, modes_dataset
+from qdcavity.modeset import (
+    ModeRecord,
+    field_grid,
+    mode_labels,
+    modes_dataset,
+    normalize_to_peak_e,
+    plasmon_estimates,
+)
 from qdcavity.stack import Stack
 from qdcavity.validation import validated
 from threadpoolctl import threadpool_limits
@@ -179,29 +186,6 @@ def _solver():  # late import: keeps `qdcavity backends` fast and isolates solve
     return solver
 
 
-def plasmon_estimates(eps: np.ndarray, d_nm: np.ndarray, k0: float) -> list[complex]:
-    """Planar-plasmon neff estimates: sqrt(e1 e2 / (e1 + e2)) for every metal/dielectric
-    interface and the thin-film (gap / short-range) asymptote e_d + (2 e_d / (|e_m| k0 d))^2."""
-    est: list[complex] = []
-    for a, b in zip(eps[:-1], eps[1:], strict=True):
-        if a.real * b.real < 0:
-            s = a + b
-            if abs(s) < 1e-3 * max(abs(a), abs(b)):
-                s = 1e-3 * max(abs(a), abs(b))
-            est.append(complex(np.sqrt(a * b / s)))
-    for j in range(1, eps.size - 1):
-        ej = eps[j]
-        opp = [e for e in (eps[j - 1], eps[j + 1]) if e.real * ej.real < 0]
-        if not opp:
-            continue
-        if ej.real < 0:
-            ed, em = max(e.real for e in opp), abs(ej)
-        else:
-            ed, em = ej.real, min(abs(e) for e in opp)
-        est.append(complex(np.sqrt(ed + (2 * ed / (em * k0 * d_nm[j - 1])) ** 2 + 0j)))
-    return est
-
-
 def search_bounds(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float
                   ) -> tuple[float, float, float]:
     """(Re lower bound, Im lower bound, Im upper bound) of the modes reported."""
@@ -215,7 +199,7 @@ def search_bounds(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float
         lo = min(n[c].real for c in radiating)
     else:
         lo = 0.0
-    est = plasmon_estimates(eps, d_nm, 2 * math.pi / wavelength_nm)
+    est = plasmon_estimates(eps, 2 * math.pi / wavelength_nm * np.asarray(d_nm))
     im_hi = max(1.0, 1.5 * max((abs(x.imag) for x in est), default=0.0) + 0.25)
     return max(float(lo), 1e-3) + EDGE_MARGIN, IM_MIN, im_hi
 
@@ -281,7 +265,7 @@ def find_modes(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, polarizati
         count = opts.candidates or candidate_count(n, d_nm, lam, lo)
         cands = [m.neff for m in fd.solve_modes_fd(n, d_nm, lam, polarization,
                                                    n_modes=count, grid=grid_a)]
-        extra = [e for e in plasmon_estimates(eps, d_nm, k0) if inside(e, 0.5)]
+        extra = [e for e in plasmon_estimates(eps, k0 * np.asarray(d_nm)) if inside(e, 0.5)]
         if extra:
             cands += [m.neff for m in fd.solve_modes_fd(n, d_nm, lam, polarization,
                                                         guesses=extra, grid=grid_a)]
@@ -356,15 +340,11 @@ def _classify(eps: np.ndarray, m: Any, pol: str, k0: float) -> _Found:
 
 
 def _label(modes: list[_Found]) -> list[_Found]:
-    """Labels of one polarization's modes (TMM rules: the module docstring)."""
-    for kind in ("photonic", "plasmonic"):
-        for leaky in (False, True):
-            sel = [m for m in modes if m.kind == kind and (m.branch == "leaky") == leaky]
-            sel.sort(key=lambda m: -m.neff.real)
-            base = sel[0].polarization if kind == "photonic" and sel else "SPP"
-            infix = "-leaky" if leaky else ""
-            for i, m in enumerate(sel):
-                m.label = f"{base}{infix}{i}"
+    """Labels of one polarization's modes (the rule every backend shares)."""
+    labels = mode_labels([m.neff for m in modes], [m.polarization for m in modes],
+                         [m.kind for m in modes], [m.branch for m in modes])
+    for m, label in zip(modes, labels, strict=True):
+        m.label = label
     return sorted(modes, key=lambda m: -m.neff.real)
 
 
@@ -439,13 +419,7 @@ def _profile(mode: _Found, eps: np.ndarray, interfaces: np.ndarray, k0: float,
     else:
         comps = {"Ey": out}
         e_names = ("Ey",)
-    e2 = sum(np.abs(comps[k]) ** 2 for k in e_names)
-    imax = int(np.argmax(e2))
-    if e2[imax] > 0:
-        dom = max(e_names, key=lambda k: abs(comps[k][imax]))
-        phase = comps[dom][imax] / abs(comps[dom][imax])
-        scale = 1.0 / (math.sqrt(e2[imax]) * phase)
-        comps = {k: v * scale for k, v in comps.items()}
+    comps = normalize_to_peak_e(comps, e_names)
     return {k: comps[k] for k in FIELDS[mode.polarization]}
 
 
