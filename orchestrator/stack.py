@@ -150,6 +150,9 @@ class Stack(BaseModel):
         Addressable: ``<layer>.thickness_nm``, ``<layer>.material``, ``substrate.material``,
         ``superstrate.material``, ``gain_layer``, ``emitter_layer``, ``name``.
         """
+        fast = self._with_thicknesses(overrides)
+        if fast is not None:
+            return fast
         data = self.model_dump()
         data["layers"] = [dict(la) for la in data["layers"]]
         by_name = {la["name"]: la for la in data["layers"]}
@@ -166,6 +169,26 @@ class Stack(BaseModel):
                 raise ConfigError(f"unknown stack field '{key}'; addressable fields: {fields}",
                                   field="overrides")
         return Stack.from_dict(data, source=f"{self.name} with overrides")
+
+    def _with_thicknesses(self, overrides: Mapping[str, Any]) -> Stack | None:
+        """The common sweep case, only ``<layer>.thickness_nm`` changed and valid: a new stack
+        without re-validating what did not change (None: take the general path)."""
+        thickness: dict[str, float] = {}
+        names = set(self.layer_names)
+        for key, value in overrides.items():
+            head, _, attr = key.partition(".")
+            if attr != "thickness_nm" or head not in names:
+                return None
+            try:
+                thickness[head] = Layer._thickness(value)
+            except ValueError:
+                return None  # the general path reports it, naming the field
+        layers = tuple(
+            Layer.model_construct(name=la.name, material=la.material,
+                                  thickness_nm=thickness[la.name])
+            if la.name in thickness else la for la in self.layers)
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return Stack.model_construct(**{**fields, "layers": layers})
 
     def addressable_fields(self) -> list[str]:
         out = ["substrate.material", "superstrate.material", "gain_layer", "emitter_layer"]

@@ -109,6 +109,24 @@ def test_overrides_address_fields_by_dotted_name(te_dizo: Stack) -> None:
         te_dizo.with_overrides({"QD.thickness_nm": -1})
 
 
+def test_thickness_overrides_fast_path_equals_full_validation(te_dizo: Stack) -> None:
+    """Thickness-only overrides skip re-validating the unchanged stack: the result must be
+    the very stack full validation gives, with its own (not a copied, stale) content hash."""
+    before = te_dizo.content_hash  # cached on the base stack first
+    fast = te_dizo.with_overrides({"IZO_top.thickness_nm": 77, "QD.thickness_nm": 20.5})
+    data = te_dizo.model_dump()
+    for layer in data["layers"]:
+        layer["thickness_nm"] = {"IZO_top": 77.0, "QD": 20.5}.get(layer["name"],
+                                                                   layer["thickness_nm"])
+    full = Stack.from_dict(data)
+    assert fast == full and fast.model_dump() == full.model_dump()
+    assert fast.content_hash == full.content_hash != before
+    assert isinstance(fast.layers[6].thickness_nm, float)
+    for bad in (0, float("nan"), "thick", True):
+        with pytest.raises(ConfigError, match=r"layers\[6\]\.thickness_nm"):
+            te_dizo.with_overrides({"IZO_top.thickness_nm": bad})
+
+
 def test_indices_bleach_the_named_layer(te_dizo: Stack) -> None:
     n = te_dizo.indices([630.0], zero_k=["QD"])
     assert n.shape == (1, 10)
