@@ -226,3 +226,52 @@ def test_richardson():
     assert r2["error"] >= abs(r2["value"] - exact)
     with pytest.raises(ValueError):
         richardson([200, 100], vals[:2])
+
+
+# ------------------------------------------------------------------ mode-search rules (host only)
+
+
+def _two_claddings(eps_sub: float, eps_sup: float) -> dict:
+    media = [{"eps_inf": eps_sub, "poles": []}, {"eps_inf": 4.0, "poles": []},
+             {"eps_inf": eps_sup, "poles": []}]
+    return {"media": media, "substrate": 0, "layers": [1], "superstrate": 2,
+            "thicknesses": [0.3], "interfaces": []}
+
+
+def test_mode_cell_pads_for_the_tail_and_picks_the_boundary_per_side():
+    """Four decay lengths of the evanescent tail (capped), a PML where the mode radiates, an
+    absorber where it is evanescent, nothing in a metal (docs/meep.md, "Guided modes")."""
+    from qdcavity.plugins.meep import worker
+
+    num = {"padding": 0.3, "pml": 0.5, "max_padding": 3.0}
+    f0 = 1000 / 630
+    struct = _two_claddings(1.0, 1.0)
+    q = 2 * np.pi * f0 * np.sqrt(1.026**2 - 1.0)  # a metal/air SPP's tail in air
+    assert worker.tail_padding(struct, f0, 1.026, num) == pytest.approx([4 / q, 4 / q])
+    assert worker.tail_padding(struct, f0, 1.0001, num) == [3.0, 3.0]  # capped
+    assert worker.tail_padding(struct, f0, 1.9, num)[0] == 0.3  # short tail: the minimum
+    radiating = _two_claddings(3.9**2, 1.0)  # Si below, air above; neff 1.6
+    lay = worker.mode_cell(radiating, f0, 1.6, num, 100.0)
+    assert lay.sides == ("pml", "absorber")
+    metal = _two_claddings(1.0, 1.0)
+    metal["media"][0] = {"eps_inf": 1.0, "poles": [{"kind": "drude", "frequency": 1.0,
+                                                    "gamma": 0.04, "sigma": 52.7}]}
+    assert worker.mode_cell(metal, f0, 1.03, num, 100.0).sides == ("none", "absorber")
+
+
+def test_continuum_resonances_are_rejected_and_lossless_modes_kept():
+    from qdcavity.plugins.meep import worker
+
+    f0 = 1.5
+    struct = _two_claddings(1.45**2, 1.0)
+    assert worker._continuum(1.7, 1.0, struct, f0) == ""
+    assert "below the light line" in worker._continuum(0.99, 1.0, struct, f0)
+    assert "glancing" in worker._continuum(1.445, 1.0, struct, f0)  # 0.3 % below glass
+    assert worker._continuum(1.46, 1.0, struct, f0) == ""  # just above glass: guided
+    # Harminv's decay of a lossless mode has either sign at the 1e-12 level: kept, as lossless;
+    # a clearly growing resonance (Im f > 0) is dropped
+    found = [(1.50, 1e-12, 1.0, -7e11, 0.0), (1.52, 4e-3, 1.0, -190.0, 0.0),
+             (1.48, -2e-3, 0.5, 370.0, 0.0)]
+    kept = worker._merge_harminv(found, 1.5, 0.2)
+    assert [round(m[0], 2) for m in kept] == [1.50, 1.48]
+    assert kept[0][1] == 0.0 and kept[0][3] > 0

@@ -1,16 +1,21 @@
 """Guided modes with Meep (host side): jobs for the worker and the post-processing.
 
 Method (details and accuracy in docs/meep.md): a Bloch-periodic 2D cell of zero width along
-the propagation direction x (Meep's y is the stack normal), PML above and below, broadband
-point sources inside the stack and Harminv. A coarse scan over kx finds the resonances; each
-is refined by a secant iteration on kx until Re f = f0; then
+the propagation direction x (Meep's y is the stack normal), broadband point sources inside the
+stack and Harminv. A coarse scan over kx (below the lower cladding's light line) finds the
+resonances; each is refined, in a cell whose cladding padding suits its evanescent tail and
+whose sides end in a PML (radiating cladding), an absorber (evanescent cladding: a PML there
+lets glancing waves grow) or nothing (metal), by a secant iteration on kx until Re f = f0;
+then
 
 * neff = kx / f0 (kx and f in Meep units, 1/um),
 * Im(neff) = -Im(f) / (v_g f0) with v_g = df/dkx from the last two runs (first-order
   conversion of the temporal decay of the Bloch resonance into spatial decay; exact to
   O((Im neff / Re neff)^2)),
 * field profiles from the DFT of the ringing fields at f0 (accumulated after the sources are
-  off), and gamma_E / gamma_P from them with the cladding tails integrated analytically.
+  off), and gamma_E / gamma_P from them within ``padding_um`` of the outer interfaces, with
+  the cladding tails beyond integrated analytically (far out the DFT also holds the slowly
+  decaying radiation continuum).
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ class _Profile:
 
     def __init__(self, pol: str, fields: Mapping[str, np.ndarray], y_int: np.ndarray,
                  res: float, interfaces: np.ndarray, inner: tuple[float, float],
-                 eps_media: np.ndarray, eps_iface: list[complex | None], kx: float) -> None:
+                 eps_media: np.ndarray, eps_iface: list[complex | None], kx: float,
+                 window: tuple[float, float] | None = None) -> None:
         self.pol = pol
         self.dx = 1.0 / res
         self.y_int = y_int
@@ -100,6 +106,23 @@ class _Profile:
             self.Ht = self._fit_len(fields["Hz"], self.y_half) * phase  # Meep Hz (-stack Hy)
             self.Et = self._fit_len(fields["Ex"], y_int)
             self.En = self._fit_len(fields["Ey"], self.y_half)  # normal E (stack Ez)
+        if window is not None:
+            self._trim(*window)
+
+    def _trim(self, lo: float, hi: float) -> None:
+        """Keep the samples within [lo, hi] (the cladding tails beyond are analytic: far
+        from the stack the DFT also holds the slowly decaying radiation continuum)."""
+        keep = np.flatnonzero((self.y_int >= lo - 1e-9) & (self.y_int <= hi + 1e-9))
+        if keep.size < 3:
+            return
+        i0, i1 = int(keep[0]), int(keep[-1])
+        self.y_int = self.y_int[i0:i1 + 1]
+        self.y_half = self.y_half[i0:i1 + 2]
+        self.inner = (float(self.y_int[0]), float(self.y_int[-1]))
+        for name in ("Et", "Hn", "Ht", "En"):  # Ht and En live on the half grid
+            if hasattr(self, name):
+                sl = slice(i0, i1 + 2) if name in ("Ht", "En") else slice(i0, i1 + 1)
+                setattr(self, name, getattr(self, name)[sl])
 
     @staticmethod
     def _fit_len(a: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -301,7 +324,7 @@ def run_modes(stack: Stack, analysis: ModesAnalysis, opts: Mapping[str, Any]) ->
                                   k: out.meta[k] for k in ("snap_um", "cell_um", "wall_s",
                                                            "scan_kx")}})
             results[(iw, pol)] = _post(stack, out, solve, pol, f0, n0, z_nm, res,
-                                       analysis, lam0)
+                                       analysis, lam0, max(float(opts["padding_um"]), 2 / res))
     return _dataset(stack, analysis, results, lam_list, pols, z_nm, opts, fits_all, notes,
                     runs_meta)
 
@@ -312,12 +335,15 @@ def _numerics(opts: Mapping[str, Any], res: float, pad: float) -> dict[str, Any]
             "q_min": float(opts["q_min"]), "ftol": float(opts["ftol"]),
             "max_refine": int(opts["max_refine"]),
             "refine_bandwidth": float(opts["refine_bandwidth"]),
-            "max_time": float(opts["max_time"]),
+            "max_time": float(opts["max_time"]), "max_padding": float(opts["max_padding_um"]),
             "interface_media": bool(opts["interface_media"])}
 
 
 def _post(stack: Stack, out, solve: Structure, pol: str, f0: float, n0: np.ndarray,
-          z_nm: np.ndarray, res: float, analysis: ModesAnalysis, lam0: float) -> list[dict]:
+          z_nm: np.ndarray, res: float, analysis: ModesAnalysis, lam0: float,
+          window_um: float) -> list[dict]:
+    """Dataset entries of the modes the worker found; the simulated fields are used within
+    ``window_um`` of the outer interfaces, the cladding tails beyond are analytic."""
     meta = out.meta
     entries = []
     n_pos = n0.size
@@ -329,10 +355,13 @@ def _post(stack: Stack, out, solve: Structure, pol: str, f0: float, n0: np.ndarr
                   if k.startswith(f"m{i}_")}
         neff = complex(m["kx"] / f0, -m["decay"] / (m["vg"] * f0))
         kind, branch, kz = classify(neff, n0, f0)
-        prof = _Profile(pol, fields, out.arrays["y_int"], res, np.array(meta["interfaces"]),
-                        tuple(meta["inner"]), eps_media, eps_iface, m["dft_kx"])
+        lay = m.get("layout") or meta  # each mode's cell has its own cladding padding
+        y_int = out.arrays.get(f"m{i}_y_int", out.arrays["y_int"])
+        ifs = np.array(lay["interfaces"])
+        prof = _Profile(pol, fields, y_int, res, ifs, tuple(lay["inner"]), eps_media,
+                        eps_iface, m["dft_kx"], window=(ifs[0] - window_um, ifs[-1] + window_um))
         ge, gp, tails = confinement(prof, neff, f0, n0, kz)
-        prof_fields = profiles(prof, z_nm, meta["z0"], kz) if z_nm.size else {}
+        prof_fields = profiles(prof, z_nm, lay["z0"], kz) if z_nm.size else {}
         entries.append({
             "pol": pol, "neff": neff, "alpha": 4 * math.pi * neff.imag / (lam0 * 1e-7),
             "kind": kind, "branch": branch, "gamma_E": ge, "gamma_P": gp,
@@ -375,7 +404,8 @@ def _dataset(stack: Stack, analysis: ModesAnalysis, results, lam_list, pols, z_n
         "padding_um": float(opts["padding_um"]),
         "numerics": json.dumps({k: opts[k] for k in (
             "resolution", "pml_um", "padding_um", "harminv_time", "scan_time",
-            "scan_resolution", "q_min", "ftol", "interface_media")}, sort_keys=True),
+            "scan_resolution", "q_min", "ftol", "interface_media", "max_padding_um")},
+            sort_keys=True),
         "material_fits": json.dumps(fits_all, sort_keys=True),
         "fit_max_dn": float(max((f["max_dn"] for v in fits_all.values() for f in v
                                  if f["max_dn"] == f["max_dn"]), default=0.0)),

@@ -1,5 +1,8 @@
 """Scattering-driven vertical outcoupling with Meep (host side): the full-wave check of the
-TMM ``outcoupling`` model in its ``geometry = "2d"`` form (docs/outcoupling.md).
+TMM ``outcoupling`` model in its ``geometry = "2d"`` form (docs/outcoupling.md). Reached
+through the backend: ``qdcavity.solve(stack, "outcoupling", backend="meep", geometry="2d",
+...)`` -> ``MeepBackend.run`` -> :func:`run_outcoupling`; options in
+``backend.ANALYSIS_DEFAULTS["outcoupling"]``.
 
 A 2D cell of the stack (Meep x = propagation, Meep y = stack normal z, Meep z = the invariant
 stack y; TE = Meep's Ez) with infinite cylinders placed at random (seeded) in the gain layer:
@@ -20,6 +23,8 @@ the TMM mode (MPB cannot handle Ag), and records the DFT fields at f0; this modu
 * alpha_up = F_up / int_window P_r dx, F_up = int Re(Ez_s Hx_s*) dx the upward flux of the
   SCATTERED field (realization minus reference) through a line ``flux_height_um`` above the
   stack; the escape fraction = sum alpha_up / sum alpha_sca over the realizations (pooled);
+  likewise alpha_down through a line ``flux_depth_um`` below the stack in the substrate, and
+  the substrate share sum alpha_down / sum alpha_sca;
 * the angular pattern dP/dtheta ~ cos^2(theta) |E~_s(k0 sin theta)|^2 from the Fourier
   transform of the scattered field along that line (+-theta folded, summed over realizations,
   smoothed over one speckle grain, lambda / (n L_line) in sin(theta), max 1), and its half
@@ -40,8 +45,9 @@ Means over the realizations go into the contract's variables, the standard devia
 ``*_std`` variables, every realization into ``*_realizations`` (dim ``realization``).
 ``beta`` and ``spontaneous_air_fraction`` (QD spontaneous emission, a 3D point-dipole
 quantity Meep does not measure here) come from the TMM model; ``scattered_fraction`` has the
-measured air share and the rest (guided back-scatter, other guided modes, absorption,
-substrate; no SPP exists for TE) in ``waveguide``: Meep does not split them.
+measured air and substrate shares and the rest (guided back-scatter, other guided modes,
+absorption; no SPP exists for TE) in ``waveguide``: Meep does not split them. Each such
+variable has a ``source`` attribute and the dataset's ``not_measured`` attribute lists them.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ import numpy as np
 import xarray as xr
 
 from qdcavity.analyses import OutcouplingAnalysis
-from qdcavity.contracts import CHANNELS, with_units
+from qdcavity.contracts import CHANNELS, REALIZATION_DESCRIPTIONS, outcoupling_dataset
 from qdcavity.errors import BackendError, ConfigError, SolverError
 from qdcavity.materials import material_from_spec
 from qdcavity.stack import Stack
@@ -71,62 +77,38 @@ from .structure import build_structure
 
 SCRIPT = Path(__file__).with_name("outcoupling_worker.py")
 
-#: Options of the outcoupling analysis (lengths in um, resolution in pixels per um).
-OUTCOUPLING_DEFAULTS: dict[str, Any] = {
-    "resolution": 100.0,         # pixels per um (TE-DIZO: every thickness a whole pixel)
-    "realizations": 4,           # random placements of the cylinders
-    "seed": 1,                   # numpy Generator seed of the placements
-    "window_um": 8.0,            # length of the scatterer window along x
-    "gap_um": 0.8,               # source to window
-    "tail_um": 0.6,              # window to the x boundary
-    "source_margin_um": 0.3,     # x boundary to the source
-    "x_boundary": "pml",         # "pml" or "absorber" at the x ends
-    "x_boundary_um": 0.8,
-    "pml_um": 0.5,               # PML above and below (through substrate and superstrate)
-    "pad_lo_um": 0.1,            # substrate between the stack and the PML
-    "pad_hi_um": 0.4,            # superstrate between the stack and the PML
-    "flux_height_um": 0.2,       # upward-flux line above the stack top
-    "region_below_um": -0.02,    # overlap region: from the first interface + this ...
-    "region_above_um": 0.15,     # ... to the stack top + this
-    "fit_margin_um": 0.5,        # reference decay fit over the window minus this at both ends
-    "ratio_margin_um": 0.1,      # P_r / P_ref compared this far before / after the window ...
-    "ratio_length_um": 0.4,      # ... averaged over this length
-    "source_fwidth": 0.4,        # Gaussian pulse width / f0
-    "source_cutoff": 4.0,
-    "decay_by": 1e-4,            # stop when |Ez|^2 at the window's end decayed by this
-    "decay_dt": 10.0,
-    "fit_band": 0.05,            # material fits over f0 (1 +- fit_band)
-    "plain_reference": True,     # also run the plain stack (alpha_abs_cm); else reuse the
-                                 # effective-medium reference for it
-}
+
+def _positive(opts: Mapping[str, Any], key: str) -> float:
+    try:
+        value = float(opts[key])
+    except (TypeError, ValueError):
+        value = math.nan
+    if not value > 0 or isinstance(opts[key], bool):
+        raise ConfigError(f"option '{key}' must be a number > 0, got {opts[key]!r}",
+                          field="options")
+    return value
 
 
-def resolve_outcoupling_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Common Meep options + OUTCOUPLING_DEFAULTS + ``options`` (unknown keys rejected).
-    Idempotent: already resolved options pass through."""
-    from .backend import COMMON_DEFAULTS, RESERVED_PREFIXES
-
-    allowed = {**COMMON_DEFAULTS, **OUTCOUPLING_DEFAULTS}
-    unknown = [k for k in options if k not in allowed and not k.startswith(RESERVED_PREFIXES)]
-    if unknown:
-        raise ConfigError(f"unknown meep option(s) {sorted(unknown)} for 'outcoupling'; "
-                          f"known: {', '.join(sorted(allowed))}", field="options")
-    opts = {**allowed, **{k: v for k, v in options.items() if k in allowed}}
-    opts["work_dir"] = options.get("work_dir")
-    opts["interpreter"] = opts["interpreter"] or runner.default_interpreter()
-    opts["launcher"] = runner.as_launcher(opts["launcher"])
-    for key in ("resolution", "timeout_s", "max_time", "window_um", "pml_um", "x_boundary_um",
-                "flux_height_um", "source_fwidth"):
-        try:
-            value = float(opts[key])
-        except (TypeError, ValueError):
-            raise ConfigError(f"option '{key}' must be a number, got {opts[key]!r}",
-                              field="options") from None
-        if not value > 0:
-            raise ConfigError(f"option '{key}' must be > 0, got {value:g}", field="options")
-        opts[key] = value
-    if int(opts["realizations"]) < 1:
-        raise ConfigError("option 'realizations' must be >= 1", field="options")
+def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``backend.resolve_options("outcoupling", ...)`` leaves unchecked (it merges
+    ``ANALYSIS_DEFAULTS["outcoupling"]``, rejects unknown keys and checks resolution,
+    timeout_s, max_time): the cell lengths, the realizations, the x boundary."""
+    opts = dict(opts)
+    for key in ("window_um", "pml_um", "x_boundary_um", "flux_height_um", "flux_depth_um",
+                "pad_lo_um", "source_fwidth", "realizations"):
+        opts[key] = _positive(opts, key)
+    for key, room in (("flux_depth_um", "pad_lo_um"), ("flux_height_um", "pad_hi_um")):
+        if not opts[key] < opts[room]:
+            raise ConfigError(f"option '{key}' must be < {room} (the flux line lies between "
+                              "the stack and the PML)", field="options")
+    if not -float(opts["pad_lo_um"]) <= float(opts["region_below_um"]) <= 0 <= float(
+            opts["region_above_um"]) <= float(opts["pad_hi_um"]):
+        raise ConfigError("need -pad_lo_um <= region_below_um <= 0 <= region_above_um "
+                          "<= pad_hi_um (the overlap region stays outside the PML)",
+                          field="options")
+    if opts["realizations"] != int(opts["realizations"]):
+        raise ConfigError("option 'realizations' must be a whole number", field="options")
+    opts["realizations"] = int(opts["realizations"])
     if opts["x_boundary"] not in ("pml", "absorber"):
         raise ConfigError("option 'x_boundary' must be 'pml' or 'absorber'", field="options")
     if 2 * float(opts["fit_margin_um"]) >= 0.8 * opts["window_um"]:
@@ -135,13 +117,21 @@ def resolve_outcoupling_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def resolved(options: Mapping[str, Any]) -> dict[str, Any]:
+    """User options -> the options ``MeepBackend.run`` hands to :func:`run_outcoupling`."""
+    from .backend import resolve_options
+
+    return check_options(resolve_options("outcoupling", options))
+
+
 # ------------------------------------------------------------------------------- launching
 
 
 def run_script(job: Mapping[str, Any], opts: Mapping[str, Any], what: str,
                script: Path = SCRIPT) -> runner.WorkerResult:
     """``runner.run_worker`` for another worker script (same protocol, error files, timeout,
-    process-group kill, environment); runner.run_worker always launches worker.py."""
+    process-group kill, environment). Kept only because runner.run_worker always launches
+    worker.py: once it takes the script as an argument this becomes that call."""
     exe = runner.resolve_interpreter(opts["interpreter"])
     launcher = list(opts["launcher"])
     if launcher and shutil.which(launcher[0]) is None:
@@ -152,8 +142,8 @@ def run_script(job: Mapping[str, Any], opts: Mapping[str, Any], what: str,
     tmp = tempfile.mkdtemp(prefix="qdcavity-meep-oc-", dir=base)
     job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.npz"
     err_path = Path(str(out_path) + ".error.json")
-    job_path.write_text(json.dumps({"protocol": runner.PROTOCOL, **job}, allow_nan=False),
-                        encoding="utf-8")
+    job = {"protocol": runner.PROTOCOL, "deadline_s": float(opts["timeout_s"]), **job}
+    job_path.write_text(json.dumps(job, allow_nan=False), encoding="utf-8")
     cmd = [*launcher, exe, str(script), str(job_path), str(out_path)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -165,7 +155,8 @@ def run_script(job: Mapping[str, Any], opts: Mapping[str, Any], what: str,
     try:
         with open(stderr_path, "wb") as err_fh:
             proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=err_fh, start_new_session=True)
+                                    stderr=err_fh, start_new_session=True,
+                                    preexec_fn=runner._die_with_parent)
             try:
                 rc = proc.wait(timeout=float(opts["timeout_s"]))
             except subprocess.TimeoutExpired:
@@ -240,7 +231,7 @@ def tmm_counterpart(stack: Stack, analysis: OutcouplingAnalysis,
     :func:`effective_stack` and the analysis at geometry '2d' with the area fraction the
     whole number of cylinders really gives. Solve it with the tmm backend
     (``qdcavity.solve(stack, analysis, backend="tmm")``) to compare."""
-    opts = resolve_outcoupling_options(options)
+    opts = resolved(options)
     res = float(opts["resolution"])
     d_snap = snapped_thicknesses_nm(stack.thicknesses_nm, res)
     layer_um = d_snap[stack.layer_position(stack.gain_layer) - 1] / 1000.0
@@ -280,6 +271,25 @@ def _mode_of(n: np.ndarray, d: np.ndarray, lam: float, label: str):
     raise SolverError(f"no mode '{label}' in the Meep reference stack at {lam:g} nm")
 
 
+#: largest |E| at an end of the overlap region / source line, relative to the mode's peak
+TAIL_LIMIT = 0.05
+
+
+def _check_tails(amplitude: np.ndarray, label: str, lam: float,
+                 opts: Mapping[str, Any]) -> None:
+    """The source line and the overlap region must hold the mode's cladding tails: a
+    truncated tail launches radiation and biases the projection (a dielectric substrate such
+    as BE's glass needs region_below_um ~ -0.8 with pad_lo_um and flux_depth_um beyond)."""
+    for end, key, pad in ((0, "region_below_um", "pad_lo_um"), (-1, "region_above_um",
+                                                                 "pad_hi_um")):
+        share = float(amplitude[end] / amplitude.max())
+        if share > TAIL_LIMIT:
+            raise ConfigError(
+                f"{label} at {lam:g} nm: the mode's field at the end of the overlap region "
+                f"({key} = {opts[key]:g} um) is still {100 * share:.0f} % of its peak; extend "
+                f"{key} (and {pad}, which must contain it)", field="options")
+
+
 def _decay(x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     """(alpha in 1/um, ln P at x = lo) of a least-squares fit ln P = c - alpha (x - lo)."""
     sel = (x >= lo) & (x <= hi) & (p > 0)
@@ -291,6 +301,11 @@ def _decay(x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> tuple[float, f
 
 def _std(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _flux_y(ez: np.ndarray, hx: np.ndarray, dx: float) -> float:
+    """Flux through a line of constant Meep y (+y = up): int Re(Ez Hx*) dx."""
+    return float(np.sum((ez * np.conj(hx)).real) * dx)
 
 
 def measure(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], mode_ez: np.ndarray,
@@ -307,6 +322,7 @@ def measure(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], mode_ez: 
       fit runs through the cylinders' near fields;
     * alpha_up = F_up / int_window P_r dx, the upward flux of the scattered field per unit
       guided power (what the vertical VSL output needs: alpha_up = escape * alpha_sca);
+    * alpha_down: the same through the substrate line (downward flux);
     * escape = alpha_up / alpha_sca.
     """
     x = np.asarray(arrays["x_region"])
@@ -367,14 +383,16 @@ def measure(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], mode_ez: 
     kx = k0 * n_sup * np.sin(theta)
     ez_ref, hx_ref = arrays["reference_Ez_line"], arrays["reference_Hx_line"]
     p_ref = out["power"]["reference"]
-    alpha_sca, alpha_up, ff = [], [], np.zeros(theta.size)
+    alpha_sca, alpha_up, alpha_down, ff = [], [], [], np.zeros(theta.size)
     for t in realizations:
         ratio = np.log(out["power"][t] / p_ref)
         alpha_sca.append((ratio[before].mean() - ratio[after].mean()) / (x2 - x1))
+        guided = float(np.trapezoid(out["power"][t][inside], x[inside]))
         es = arrays[f"{t}_Ez_line"] - ez_ref
-        hs = arrays[f"{t}_Hx_line"] - hx_ref
-        up = float(np.sum((es * np.conj(hs)).real) * dxl)
-        alpha_up.append(up / float(np.trapezoid(out["power"][t][inside], x[inside])))
+        alpha_up.append(_flux_y(es, arrays[f"{t}_Hx_line"] - hx_ref, dxl) / guided)
+        alpha_down.append(-_flux_y(arrays[f"{t}_Ez_sub"] - arrays["reference_Ez_sub"],
+                                   arrays[f"{t}_Hx_sub"] - arrays["reference_Hx_sub"],
+                                   dxl) / guided)
         spec = np.exp(-1j * np.outer(kx, xl)) @ es * dxl
         ff += np.cos(theta) ** 2 * np.abs(spec) ** 2
     # speckle: smooth over the grain, a Gaussian of width lambda / (n L_line) in sin(theta)
@@ -385,17 +403,69 @@ def measure(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], mode_ez: 
     half = theta_deg.size
     folded = 0.5 * (ff[half:] + ff[:half][::-1])
     alpha_sca, alpha_up = np.array(alpha_sca), np.array(alpha_up)
-    out.update({"alpha_sca": alpha_sca, "alpha_up": alpha_up,
+    out.update({"alpha_sca": alpha_sca, "alpha_up": alpha_up, "alpha_down": np.array(alpha_down),
                 "eta": alpha_up / np.where(alpha_sca > 0, alpha_sca, np.nan),
                 "eta_pooled": float(alpha_up.sum() / alpha_sca.sum()),
+                "substrate_pooled": float(np.sum(alpha_down) / alpha_sca.sum()),
                 "far_field": folded / folded.max() if folded.max() > 0 else folded,
                 "speckle_grain_sin": grain, "realizations": realizations})
     return out
 
 
-def solve_outcoupling_meep(stack: Stack, analysis: OutcouplingAnalysis,
-                           options: Mapping[str, Any]) -> xr.Dataset:
-    """The ``outcoupling`` contract measured with Meep in a 2D cell (see module docstring)."""
+#: Per-wavelength variables beyond the contract: units, description.
+EXTRA_VARS: dict[str, tuple[str, str]] = {
+    "material_gain_nominal_cm": ("cm^-1", "G_mat of the analysis at this wavelength"),
+    "alpha_sca_cm_std": ("cm^-1", "standard deviation of alpha_sca over the realizations"),
+    "escape_fraction_std": ("1", "standard deviation of the per-realization escape fraction"),
+    "alpha_up_cm": ("cm^-1", "upward flux of the scattered field per unit guided power and "
+                    "length (= escape_fraction * alpha_sca_cm; its realization spread is "
+                    "smaller), mean over the realizations"),
+    "alpha_up_cm_std": ("cm^-1", "standard deviation of alpha_up over the realizations"),
+    "alpha_down_cm": ("cm^-1", "downward flux of the scattered field into the substrate per "
+                      "unit guided power and length, mean over the realizations"),
+    "alpha_abs_effective_cm": ("cm^-1", "decay of the reference run: gain layer = mean medium "
+                               "of host + cylinders"),
+    "area_fraction_realized": ("1", "cylinder area fraction of the window's gain layer, pixel "
+                               "coverage, mean over the realizations"),
+    "flux_check": ("1", "int S_x dy / (|a|^2 P_m) of the plain run: the mode projection vs "
+                   "the direct flux"),
+    "top_check": ("1", "|Ez|^2 50 nm above the stack top per unit mode amplitude, Meep / TMM "
+                  "(reference): how well the grid renders the top electrode (1 = exact)"),
+}
+#: Per-realization variables (dims wavelength_nm, realization): units.
+REALIZATION_VARS = {"alpha_sca_cm_realizations": "cm^-1", "alpha_up_cm_realizations": "cm^-1",
+                    "alpha_down_cm_realizations": "cm^-1", "escape_fraction_realizations": "1"}
+#: What this backend does not measure (the values come from the TMM model or are not split).
+NOT_MEASURED = {
+    "beta": "tmm model (3D point-dipole QD emission; not measured by meep)",
+    "spontaneous_air_fraction": "tmm model (3D point-dipole QD emission; not measured by meep)",
+    "scattered_fraction": "measured: 'air' and 'substrate' (pooled like escape_fraction); "
+                          "'waveguide' holds 1 - air - substrate (guided back-scatter, other "
+                          "guided modes and absorption: not split by the 2D cell); 'spp' and "
+                          "'absorbed' are 0 (not measured)",
+}
+
+
+def run_outcoupling(stack: Stack, analysis: OutcouplingAnalysis,
+                    opts: Mapping[str, Any]) -> xr.Dataset:
+    """The ``outcoupling`` contract measured with Meep in a 2D cell (module docstring).
+    ``opts``: resolved by ``backend.resolve_options("outcoupling", ...)``."""
+    _check(stack, analysis)
+    opts = check_options(opts)
+    theta = np.linspace(0.0, 89.5, analysis.angle_points)
+    rng = np.random.default_rng(int(opts["seed"]))
+    rows, runs_meta = [], []
+    for lam in analysis.wavelength_nm:
+        row, meta = _one_wavelength(stack, analysis, opts, lam, theta, rng)
+        rows.append(row)
+        runs_meta.append(meta)
+    return _dataset(analysis, stack.gain_layer, opts, theta, rows, runs_meta)
+
+
+def _one_wavelength(stack: Stack, analysis: OutcouplingAnalysis, opts: Mapping[str, Any],
+                    lam: float, theta: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One worker call (plain, reference, realizations) and its measurements at ``lam``."""
     from qdcavity.plugins.tmm.fields import mode_profile
     from qdcavity.plugins.tmm.outcoupling_tmm import (
         _pick_mode,
@@ -404,12 +474,9 @@ def solve_outcoupling_meep(stack: Stack, analysis: OutcouplingAnalysis,
         vsl_outputs,
     )
 
-    _check(stack, analysis)
-    opts = resolve_outcoupling_options(options)
     res = float(opts["resolution"])
-    gain = stack.gain_layer
-    pos = stack.layer_position(gain)
-    zero_k = [gain] if analysis.gain_layer_k == "bleached" else []
+    pos = stack.layer_position(stack.gain_layer)
+    zero_k = [stack.gain_layer] if analysis.gain_layer_k == "bleached" else []
     d_snap = snapped_thicknesses_nm(stack.thicknesses_nm, res)
     a_um = analysis.particle_radius_nm / 1000.0
     d_layer_um = d_snap[pos - 1] / 1000.0
@@ -422,179 +489,116 @@ def solve_outcoupling_meep(stack: Stack, analysis: OutcouplingAnalysis,
     if count < 1:
         raise ConfigError("the window holds no cylinder at this volume fraction; lengthen "
                           "window_um", field="volume_fraction")
-    theta = np.linspace(0.0, 89.5, analysis.angle_points)
-    gains = np.asarray(analysis.gain_scan_cm, dtype=float)
-    length_cm = np.asarray(analysis.stripe_length_um) * 1e-4
-    keys = ("neff", "gamma_P", "alpha_abs_cm", "alpha_sca_cm", "net_gain_cm", "escape_fraction",
-            "scattered_fraction", "beta", "spontaneous_air_fraction", "angular_pattern",
-            "half_width_deg", "lateral_output", "vertical_output", "material_gain_nominal_cm",
-            "alpha_sca_cm_std", "escape_fraction_std", "alpha_abs_effective_cm",
-            "alpha_sca_cm_realizations", "escape_fraction_realizations", "alpha_up_cm",
-            "alpha_up_cm_std", "alpha_up_cm_realizations",
-            "area_fraction_realized", "flux_check", "top_check")
-    out: dict[str, list] = {k: [] for k in keys}
-    runs_meta = []
-    rng = np.random.default_rng(int(opts["seed"]))
-    for lam in analysis.wavelength_nm:
-        f0 = 1000.0 / lam
-        bw = float(opts["fit_band"])
-        lam_band = 1000.0 / np.linspace(f0 * (1 - bw), f0 * (1 + bw), 11)
-        snapped = stack.with_overrides({f"{nm}.thickness_nm": float(t) for nm, t in
-                                        zip(stack.layer_names, d_snap, strict=True)})
-        struct = build_structure(snapped, lam_band, opts, zero_k=zero_k, what="outcoupling: ")
-        n_p = float(material_from_spec(analysis.particle_material).nk(lam).real)
-        n_h = float(material_from_spec(analysis.host_material).nk(lam).real)
-        eps_p, eps_h = n_p**2, n_h**2
-        cyl = [draw_cylinders(rng, count, window, d_layer_um, a_um)
-               for _ in range(int(opts["realizations"]))]
-        f_nominal = count * math.pi * a_um**2 / (window * d_layer_um)
-        # the reference stack as Meep sees it (fitted media at f0, snapped, effective layer)
-        n_fit = np.array([complex(np.sqrt(struct.medium_of(j).eps(f0)))
-                          for j in range(len(stack.media_names))])
-        n_fit = np.where(n_fit.imag < 0, -n_fit, n_fit)
-        n_eff = math.sqrt(eps_h + f_nominal * (eps_p - eps_h))
-        n_ref = n_fit.copy()
-        n_ref[pos] = n_eff
-        mode = _mode_of(n_ref, d_snap, lam, analysis.mode)
-        z_src = np.arange(-20.0, float(d_snap.sum()) + 150.0, 1.0)  # nm
-        prof = mode_profile(n_ref, d_snap, lam, mode, z_src)
-        job = {
-            "task": "outcoupling", "frequency": f0, "gain_layer": pos,
-            "structure": struct.spec,
-            "source": {"z_um": (z_src / 1000.0).tolist(), "re": prof["Ey"].real.tolist(),
-                       "im": prof["Ey"].imag.tolist()},
-            "particles": {"radius_um": a_um, "eps_particle": eps_p, "eps_host": eps_h,
-                          "realizations": [c.tolist() for c in cyl]},
-            "effective_fraction": f_nominal,
-            "plain_reference": bool(opts["plain_reference"]),
-            "numerics": {
-                "resolution": res, "pml": opts["pml_um"], "pad_lo": opts["pad_lo_um"],
-                "pad_hi": opts["pad_hi_um"], "x_boundary": opts["x_boundary"],
-                "x_boundary_um": opts["x_boundary_um"],
-                "source_margin_um": opts["source_margin_um"], "gap_um": opts["gap_um"],
-                "window_um": window, "tail_um": opts["tail_um"],
-                "flux_height_um": opts["flux_height_um"],
-                "region_below_um": opts["region_below_um"],
-                "region_above_um": opts["region_above_um"],
-                "source_fwidth": opts["source_fwidth"], "source_cutoff": opts["source_cutoff"],
-                "decay_by": opts["decay_by"], "decay_dt": opts["decay_dt"],
-                "max_time": opts["max_time"],
-            },
-        }
-        result = run_script(job, opts, what=f"meep outcoupling at {lam:g} nm")
-        arr, meta = result.arrays, result.meta
-        z_region = (np.asarray(arr["y_region"]) - meta["z0"]) * 1000.0
-        mode_ez = mode_profile(n_ref, d_snap, lam, mode, z_region)["Ey"]
-        z_if = np.concatenate([[0.0], np.cumsum(d_snap)])
-        tol = 1e-3 * 1000.0 / res
-        rows = np.nonzero((z_region > z_if[pos - 1] - tol) & (z_region < z_if[pos] + tol))[0]
-        m = measure(arr, meta, mode_ez, complex(mode.neff), f0, float(n_fit[-1].real), theta,
-                    opts, {"plain": float(n_fit[pos].real), "reference": n_eff}, rows)
-        alpha_abs = m["alpha"]["plain" if "plain" in m["alpha"] else "reference"] * 1e4
-        a_sca, a_up = m["alpha_sca"] * 1e4, m["alpha_up"] * 1e4
-        eta = m["eta"]
-        pattern = m["far_field"]
-        alpha_sca_mean, eta_mean = float(np.mean(a_sca)), m["eta_pooled"]
-        n_lam = stack.indices([lam], zero_k=zero_k)[0]
-        d = stack.thicknesses_nm
-        tmm_mode, tmm_modes = _pick_mode(n_lam, d, lam, analysis.mode)
-        beta, eta_sp = _spontaneous(n_lam, d, lam, pos, analysis.positions, tmm_mode, tmm_modes)
-        gamma_p = m["gamma_P"]
-        g_net = gamma_p * gains - alpha_abs - alpha_sca_mean
-        lateral, vertical = vsl_outputs(g_net, length_cm, beta, eta_mean, alpha_sca_mean, eta_sp)
-        fractions = np.zeros(len(CHANNELS))
-        fractions[0] = eta_mean
-        fractions[2] = 1.0 - eta_mean
-        for key, value in (
-            ("neff", m["neff"]), ("gamma_P", gamma_p), ("alpha_abs_cm", alpha_abs),
-            ("alpha_sca_cm", alpha_sca_mean), ("net_gain_cm", g_net),
-            ("escape_fraction", eta_mean), ("scattered_fraction", fractions), ("beta", beta),
-            ("spontaneous_air_fraction", eta_sp), ("angular_pattern", pattern),
-            ("half_width_deg", half_width_deg(pattern, theta)), ("lateral_output", lateral),
-            ("vertical_output", vertical), ("material_gain_nominal_cm", analysis.gain_at(lam)),
-            ("alpha_sca_cm_std", _std(a_sca)), ("escape_fraction_std", _std(eta)),
-            ("alpha_up_cm", float(np.mean(a_up))), ("alpha_up_cm_std", _std(a_up)),
-            ("alpha_up_cm_realizations", a_up),
-            ("alpha_abs_effective_cm", m["alpha"]["reference"] * 1e4),
-            ("alpha_sca_cm_realizations", a_sca), ("escape_fraction_realizations", eta),
-            ("area_fraction_realized", float(np.mean(arr["f_realized"]))),
-            ("flux_check", m["flux_check"]), ("top_check", m["top_check"]),
-        ):
-            out[key].append(value)
-        runs_meta.append({"wavelength_nm": lam, "wall_s": result.wall_s,
-                          "runs": meta["runs"], "cell_um": meta["cell_um"],
-                          "pixels": [meta["pixels_x"], meta["pixels_y"]],
-                          "cylinders": count, "eps_eff": meta["eps_eff"],
-                          "fits": struct.fits, "snap_um": meta["snap_um"]})
-    wl = ("wavelength_nm",)
-    ds = xr.Dataset(
-        {
-            "neff": (wl, np.asarray(out["neff"], dtype=complex)),
-            **{k: (wl, np.asarray(out[k], dtype=float)) for k in (
-                "gamma_P", "alpha_abs_cm", "alpha_sca_cm", "escape_fraction", "beta",
-                "spontaneous_air_fraction", "half_width_deg", "material_gain_nominal_cm",
-                "alpha_sca_cm_std", "escape_fraction_std", "alpha_abs_effective_cm",
-                "area_fraction_realized", "flux_check", "alpha_up_cm", "alpha_up_cm_std",
-                "top_check")},
-            "net_gain_cm": ((*wl, "material_gain_cm"), np.asarray(out["net_gain_cm"])),
-            "scattered_fraction": ((*wl, "channel"), np.asarray(out["scattered_fraction"])),
-            "angular_pattern": ((*wl, "angle_deg"), np.asarray(out["angular_pattern"])),
-            "lateral_output": ((*wl, "material_gain_cm", "stripe_length_um"),
-                               np.asarray(out["lateral_output"])),
-            "vertical_output": ((*wl, "material_gain_cm", "stripe_length_um"),
-                                np.asarray(out["vertical_output"])),
-            "alpha_sca_cm_realizations": ((*wl, "realization"),
-                                          np.asarray(out["alpha_sca_cm_realizations"])),
-            "escape_fraction_realizations": ((*wl, "realization"),
-                                             np.asarray(out["escape_fraction_realizations"])),
-            "alpha_up_cm_realizations": ((*wl, "realization"),
-                                         np.asarray(out["alpha_up_cm_realizations"])),
-        },
-        coords={"wavelength_nm": np.asarray(analysis.wavelength_nm, dtype=float),
-                "material_gain_cm": gains,
-                "stripe_length_um": np.asarray(analysis.stripe_length_um, dtype=float),
-                "angle_deg": theta, "channel": list(CHANNELS),
-                "realization": np.arange(int(opts["realizations"]))},
-    )
-    ds["net_gain_nominal_cm"] = ds.gamma_P * ds.material_gain_nominal_cm - ds.alpha_abs_cm \
-        - ds.alpha_sca_cm
-    for k in ("net_gain_nominal_cm", "alpha_sca_cm_std", "alpha_abs_effective_cm",
-              "alpha_sca_cm_realizations", "alpha_up_cm", "alpha_up_cm_std",
-              "alpha_up_cm_realizations"):
-        ds[k].attrs["units"] = "cm^-1"
-    for k in ("escape_fraction_std", "escape_fraction_realizations", "area_fraction_realized",
-              "flux_check", "top_check"):
-        ds[k].attrs["units"] = "1"
-    ds["alpha_abs_effective_cm"].attrs["description"] = (
-        "decay of the reference run: gain layer = mean medium of host + cylinders")
-    ds["alpha_up_cm"].attrs["description"] = (
-        "upward flux of the scattered field per unit guided power and length "
-        "(= escape_fraction * alpha_sca_cm; its realization spread is small)")
-    ds["escape_fraction"].attrs["description"] = (
-        "pooled over the realizations: sum alpha_up / sum alpha_sca")
-    ds["flux_check"].attrs["description"] = (
-        "int S_x dy / (|a|^2 P_m) of the plain run: the mode projection vs the direct flux")
-    ds["top_check"].attrs["description"] = (
-        "|Ez|^2 50 nm above the stack top per unit mode amplitude, Meep / TMM (reference): "
-        "how well the grid renders the top electrode's attenuation (1 = exact)")
+    f0 = 1000.0 / lam
+    bw = float(opts["fit_band"])
+    lam_band = 1000.0 / np.linspace(f0 * (1 - bw), f0 * (1 + bw), 11)
+    snapped = stack.with_overrides({f"{nm}.thickness_nm": float(t) for nm, t in
+                                    zip(stack.layer_names, d_snap, strict=True)})
+    struct = build_structure(snapped, lam_band, opts, zero_k=zero_k, what="outcoupling: ")
+    eps_p = float(material_from_spec(analysis.particle_material).nk(lam).real) ** 2
+    eps_h = float(material_from_spec(analysis.host_material).nk(lam).real) ** 2
+    cyl = [draw_cylinders(rng, count, window, d_layer_um, a_um)
+           for _ in range(opts["realizations"])]
+    f_nominal = count * math.pi * a_um**2 / (window * d_layer_um)
+    # the reference stack as Meep sees it (fitted media at f0, snapped, effective layer)
+    n_fit = np.array([complex(np.sqrt(struct.medium_of(j).eps(f0)))
+                      for j in range(len(stack.media_names))])
+    n_fit = np.where(n_fit.imag < 0, -n_fit, n_fit)
+    n_eff = math.sqrt(eps_h + f_nominal * (eps_p - eps_h))
+    n_ref = n_fit.copy()
+    n_ref[pos] = n_eff
+    mode = _mode_of(n_ref, d_snap, lam, analysis.mode)
+    # the line source spans the overlap region (the mode's tails into the claddings)
+    z_src = np.arange(1000.0 * float(opts["region_below_um"]),
+                      float(d_snap.sum()) + 1000.0 * float(opts["region_above_um"]), 1.0)  # nm
+    prof = mode_profile(n_ref, d_snap, lam, mode, z_src)["Ey"]
+    _check_tails(np.abs(prof), analysis.mode, lam, opts)
+    numerics = {k: opts[k] for k in (
+        "pml_um", "pad_lo_um", "pad_hi_um", "x_boundary", "x_boundary_um", "source_margin_um",
+        "gap_um", "window_um", "tail_um", "flux_height_um", "flux_depth_um", "region_below_um",
+        "region_above_um", "source_fwidth", "source_cutoff", "decay_by", "decay_dt",
+        "max_time")}
+    job = {
+        "task": "outcoupling", "frequency": f0, "gain_layer": pos, "structure": struct.spec,
+        "source": {"z_um": (z_src / 1000.0).tolist(), "re": prof.real.tolist(),
+                   "im": prof.imag.tolist()},
+        "particles": {"radius_um": a_um, "eps_particle": eps_p, "eps_host": eps_h,
+                      "realizations": [c.tolist() for c in cyl]},
+        "effective_fraction": f_nominal, "plain_reference": bool(opts["plain_reference"]),
+        "numerics": {"resolution": res, **numerics},
+    }
+    result = run_script(job, opts, what=f"meep outcoupling at {lam:g} nm")
+    arr, meta = result.arrays, result.meta
+    z_region = (np.asarray(arr["y_region"]) - meta["z0"]) * 1000.0
+    mode_ez = mode_profile(n_ref, d_snap, lam, mode, z_region)["Ey"]
+    z_if = np.concatenate([[0.0], np.cumsum(d_snap)])
+    tol = 1e-3 * 1000.0 / res
+    rows = np.nonzero((z_region > z_if[pos - 1] - tol) & (z_region < z_if[pos] + tol))[0]
+    m = measure(arr, meta, mode_ez, complex(mode.neff), f0, float(n_fit[-1].real), theta,
+                opts, {"plain": float(n_fit[pos].real), "reference": n_eff}, rows)
+    alpha_abs = m["alpha"]["plain" if "plain" in m["alpha"] else "reference"] * 1e4
+    a_sca, a_up = m["alpha_sca"] * 1e4, m["alpha_up"] * 1e4
+    alpha_sca, eta = float(np.mean(a_sca)), m["eta_pooled"]
+    # VSL curves from Meep's g and escape; beta and the direct air share from the TMM model
+    n_lam = stack.indices([lam], zero_k=zero_k)[0]
+    tmm_mode, tmm_modes = _pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
+    beta, eta_sp = _spontaneous(n_lam, stack.thicknesses_nm, lam, pos, analysis.positions,
+                                tmm_mode, tmm_modes)
+    g_net = m["gamma_P"] * np.asarray(analysis.gain_scan_cm) - alpha_abs - alpha_sca
+    lateral, vertical = vsl_outputs(g_net, np.asarray(analysis.stripe_length_um) * 1e-4,
+                                    beta, eta, alpha_sca, eta_sp)
+    fractions = np.zeros(len(CHANNELS))
+    fractions[CHANNELS.index("air")] = eta
+    fractions[CHANNELS.index("substrate")] = m["substrate_pooled"]
+    fractions[CHANNELS.index("waveguide")] = 1.0 - eta - m["substrate_pooled"]
+    row = {
+        "neff": m["neff"], "gamma_P": m["gamma_P"], "alpha_abs_cm": alpha_abs,
+        "alpha_sca_cm": alpha_sca, "net_gain_cm": g_net, "escape_fraction": eta,
+        "scattered_fraction": fractions, "beta": beta, "spontaneous_air_fraction": eta_sp,
+        "angular_pattern": m["far_field"], "half_width_deg": half_width_deg(m["far_field"], theta),
+        "lateral_output": lateral, "vertical_output": vertical,
+        "material_gain_nominal_cm": analysis.gain_at(lam),
+        "alpha_sca_cm_std": _std(a_sca), "escape_fraction_std": _std(m["eta"]),
+        "alpha_up_cm": float(np.mean(a_up)), "alpha_up_cm_std": _std(a_up),
+        "alpha_down_cm": float(np.mean(m["alpha_down"])) * 1e4,
+        "alpha_abs_effective_cm": m["alpha"]["reference"] * 1e4,
+        "area_fraction_realized": float(np.mean(arr["f_realized"])),
+        "flux_check": m["flux_check"], "top_check": m["top_check"],
+        "alpha_sca_cm_realizations": a_sca, "alpha_up_cm_realizations": a_up,
+        "alpha_down_cm_realizations": m["alpha_down"] * 1e4,
+        "escape_fraction_realizations": m["eta"],
+    }
+    meta_out = {"wavelength_nm": lam, "wall_s": result.wall_s, "runs": meta["runs"],
+                "cell_um": meta["cell_um"], "pixels": [meta["pixels_x"], meta["pixels_y"]],
+                "cylinders": count, "eps_eff": meta["eps_eff"], "fits": struct.fits,
+                "snap_um": meta["snap_um"]}
+    return row, meta_out
+
+
+def _dataset(analysis: OutcouplingAnalysis, gain_layer: str, opts: Mapping[str, Any],
+             theta: np.ndarray, rows: list[dict[str, Any]], runs_meta: list[dict[str, Any]]
+             ) -> xr.Dataset:
+    """The contract's variables, the extras and the realization spread, with attributes."""
+    ds = outcoupling_dataset(rows, analysis, theta, extra=EXTRA_VARS,
+                             per_realization=REALIZATION_VARS, sources=NOT_MEASURED,
+                             descriptions=REALIZATION_DESCRIPTIONS)
+    ds["net_gain_nominal_cm"] = (ds.gamma_P * ds.material_gain_nominal_cm - ds.alpha_abs_cm
+                                 - ds.alpha_sca_cm)
+    ds["net_gain_nominal_cm"].attrs["units"] = "cm^-1"
     ds.attrs.update({
-        "mode": analysis.mode, "gain_layer": gain, "geometry": "2d",
+        "mode": analysis.mode, "gain_layer": gain_layer, "geometry": "2d",
         "scattering": f"meep cylinders r={analysis.particle_radius_nm} nm "
                       f"f={analysis.volume_fraction} {analysis.particle_material} in "
                       f"{analysis.host_material}",
         "plain_run": "alpha_abs_cm, neff, gamma_P from the plain stack" if opts[
             "plain_reference"] else "alpha_abs_cm, neff, gamma_P from the effective-medium "
         "reference (plain_reference = false)",
-        "resolution": res, "realizations": int(opts["realizations"]),
+        "resolution": float(opts["resolution"]), "realizations": opts["realizations"],
         "seed": int(opts["seed"]), "cell_um": json.dumps(runs_meta[0]["cell_um"]),
-        "window_um": window, "cylinders_per_realization": count,
+        "window_um": float(opts["window_um"]),
+        "cylinders_per_realization": runs_meta[0]["cylinders"],
         "wall_s": float(sum(r["wall_s"] for r in runs_meta)),
         "meep_runs": json.dumps(runs_meta, default=str),
-        "from_tmm": "beta, spontaneous_air_fraction (3D point-dipole QD emission)",
-        "scattered_fraction_note": "measured: air; everything else (guided back-scatter, "
-                                   "other guided modes, absorption, substrate; no SPP for "
-                                   "TE) is put in 'waveguide'",
         "model": "plugins/meep/outcoupling.py docstring; docs/outcoupling.md",
     })
-    ds["angular_pattern"].attrs["description"] = "dP/dtheta in the x-z plane of the superstrate"
-    return with_units(ds, "outcoupling")
+    return ds

@@ -27,8 +27,9 @@ eps_h + (eps_p - eps_h) f_window, so the scatterers add no mean-field change and
 difference is the scattering loss alone.
 
 Every run records the DFT (at f0) of Ez, Hx, Hy on (a) the stack region (for the guided-mode
-amplitude along x) and (b) a line ``flux_height`` above the stack (upward flux and far field),
-over the inner x range. Post-processing (mode overlap, decay fits, fluxes) is on the host
+amplitude along x), (b) a line ``flux_height_um`` above the stack (upward flux and far field)
+and (c) a line ``flux_depth_um`` below it in the substrate (downward flux), over the inner x
+range. Post-processing (mode overlap, decay fits, fluxes) is on the host
 (``outcoupling.py``).
 """
 
@@ -71,7 +72,8 @@ def outcoupling(mp, job):
     res = float(num["resolution"])
     dx = 1.0 / res
     f0 = float(job["frequency"])
-    lay = base.Layout(struct["thicknesses"], res, num["pml"], num["pad_lo"], num["pad_hi"])
+    lay = base.Layout(struct["thicknesses"], res, num["pml_um"], num["pad_lo_um"],
+                      num["pad_hi_um"])
     gain = int(job["gain_layer"])  # 1-based layer position
     y_lo, y_hi = lay.interfaces[gain - 1], lay.interfaces[gain]
     # x layout: [boundary | src_gap | x_src | gap | window | tail | boundary], integer pixels
@@ -139,6 +141,7 @@ def outcoupling(mp, job):
     r_lo = lay.interfaces[0] + float(num["region_below_um"])
     r_hi = lay.top + float(num["region_above_um"])
     y_line = lay.top + float(num["flux_height_um"])
+    y_sub = lay.interfaces[0] - float(num["flux_depth_um"])
     comps = [mp.Ez, mp.Hx, mp.Hy]
     names = ["Ez", "Hx", "Hy"]
 
@@ -171,6 +174,8 @@ def outcoupling(mp, job):
                                    size=mp.Vector3(x_in1 - x_in0, r_hi - r_lo), yee_grid=False)
         dft_l = sim.add_dft_fields(comps, [f0], center=mp.Vector3(0.5 * (x_in0 + x_in1), y_line),
                                    size=mp.Vector3(x_in1 - x_in0, 0), yee_grid=False)
+        dft_s = sim.add_dft_fields(comps, [f0], center=mp.Vector3(0.5 * (x_in0 + x_in1), y_sub),
+                                   size=mp.Vector3(x_in1 - x_in0, 0), yee_grid=False)
         probe = mp.Vector3(x2 - 0.2, 0.5 * (y_lo + y_hi))
         cond = mp.stop_when_fields_decayed(float(num["decay_dt"]), mp.Ez, probe,
                                            float(num["decay_by"]))
@@ -178,6 +183,7 @@ def outcoupling(mp, job):
         for n, c in zip(names, comps, strict=True):
             arrays[f"{tag}_{n}_region"] = np.asarray(sim.get_dft_array(dft_r, c, 0))
             arrays[f"{tag}_{n}_line"] = np.asarray(sim.get_dft_array(dft_l, c, 0))
+            arrays[f"{tag}_{n}_sub"] = np.asarray(sim.get_dft_array(dft_s, c, 0))
         if "x_region" not in arrays:  # the same DFT grids in every run
             x_r, y_r, _, _ = sim.get_array_metadata(dft_cell=dft_r)
             arrays["x_region"] = np.asarray(x_r)
@@ -193,7 +199,7 @@ def outcoupling(mp, job):
     arrays["f_realized"] = np.asarray(f_real)
     meta = {"runs": timings, "z0": lay.z0, "interfaces": lay.interfaces.tolist(),
             "snap_um": lay.snap, "cell_um": [sx, lay.size], "x_src": x_src, "x1": x1, "x2": x2,
-            "x_inner": [x_in0, x_in1], "y_line": y_line, "eps_eff": eps_eff,
+            "x_inner": [x_in0, x_in1], "y_line": y_line, "y_sub": y_sub, "eps_eff": eps_eff,
             "f_realized": f_real, "pixels_x": n_x, "pixels_y": lay.n_total}
     return arrays, meta
 
