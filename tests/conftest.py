@@ -1,7 +1,10 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the rule for tests marked ``meep``: they are skipped, with the install
+command, when ``/usr/bin/python3`` (the Meep worker's interpreter) cannot import meep."""
 
 from __future__ import annotations
 
+import functools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,3 +29,24 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+MEEP_PYTHON = "/usr/bin/python3"
+
+
+@functools.cache
+def meep_importable() -> bool:
+    try:
+        return subprocess.run([MEEP_PYTHON, "-c", "import meep"], capture_output=True,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = [item for item in items if item.get_closest_marker("meep") is not None]
+    if marked and not meep_importable():
+        skip = pytest.mark.skip(reason=f"{MEEP_PYTHON} cannot import meep (apt-get install "
+                                       "python3-meep python3-matplotlib python3-h5py)")
+        for item in marked:
+            item.add_marker(skip)

@@ -20,20 +20,7 @@ from qdcavity.stack import Stack, load_stack
 MEEP_PYTHON = "/usr/bin/python3"
 
 
-def _meep_importable() -> bool:
-    try:
-        return subprocess.run([MEEP_PYTHON, "-c", "import meep"], capture_output=True,
-                              timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-pytestmark = [
-    pytest.mark.meep,
-    pytest.mark.skipif(not _meep_importable(),
-                       reason="/usr/bin/python3 cannot import meep (apt-get install "
-                              "python3-meep python3-matplotlib python3-h5py)"),
-]
+pytestmark = pytest.mark.meep  # skipped without Meep (tests/conftest.py)
 
 
 def test_plugin_import_is_cheap_and_registers():

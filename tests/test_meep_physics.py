@@ -8,28 +8,12 @@ of about 1.5-2x, not the (much smaller) error at the default resolution.
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 
 from qdcavity.api import solve
 
-
-def _meep_importable() -> bool:
-    try:
-        return subprocess.run(["/usr/bin/python3", "-c", "import meep"], capture_output=True,
-                              timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-pytestmark = [
-    pytest.mark.meep,
-    pytest.mark.skipif(not _meep_importable(),
-                       reason="/usr/bin/python3 cannot import meep (apt-get install "
-                              "python3-meep python3-matplotlib python3-h5py)"),
-]
+pytestmark = pytest.mark.meep  # skipped without Meep (tests/conftest.py)
 
 WL = {"start": 550, "stop": 700, "step": 5}
 

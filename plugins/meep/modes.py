@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from qdcavity.analyses import ModesAnalysis
-from qdcavity.modeset import ModeRecord, field_grid, modes_dataset
+from qdcavity.modeset import ModeRecord, field_grid, mode_labels, modes_dataset
 from qdcavity.stack import Stack
 
 from .runner import run_worker
@@ -70,16 +70,11 @@ def classify(neff: complex, n_media: np.ndarray, f0: float) -> tuple[str, str, d
 
 
 def label_modes(entries: list[dict]) -> None:
-    """TMM-style labels: TE0.. / TM0.. (photonic), SPP0.. (plasmonic), '-leaky' infix."""
-    groups: dict[tuple[str, str, bool], list[dict]] = {}
-    for e in entries:
-        groups.setdefault((e["pol"], e["kind"], e["branch"] == "leaky"), []).append(e)
-    for (pol, kind, leaky), sel in groups.items():
-        sel.sort(key=lambda e: -e["neff"].real)
-        base = pol if kind == "photonic" else "SPP"
-        infix = "-leaky" if leaky else ""
-        for i, e in enumerate(sel):
-            e["label"] = f"{base}{infix}{i}"
+    """Labels by the rule every backend shares (:func:`qdcavity.modeset.mode_labels`)."""
+    labels = mode_labels([e["neff"] for e in entries], [e["pol"] for e in entries],
+                         [e["kind"] for e in entries], [e["branch"] for e in entries])
+    for e, label in zip(entries, labels, strict=True):
+        e["label"] = label
 
 
 class _Profile:

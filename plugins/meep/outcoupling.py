@@ -54,11 +54,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,7 +63,7 @@ import xarray as xr
 
 from qdcavity.analyses import OutcouplingAnalysis
 from qdcavity.contracts import CHANNELS, REALIZATION_DESCRIPTIONS, outcoupling_dataset
-from qdcavity.errors import BackendError, ConfigError, SolverError
+from qdcavity.errors import ConfigError, SolverError
 from qdcavity.materials import material_from_spec
 from qdcavity.stack import Stack
 
@@ -125,62 +120,6 @@ def resolved(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- launching
-
-
-def run_script(job: Mapping[str, Any], opts: Mapping[str, Any], what: str,
-               script: Path = SCRIPT) -> runner.WorkerResult:
-    """``runner.run_worker`` for another worker script (same protocol, error files, timeout,
-    process-group kill, environment). Kept only because runner.run_worker always launches
-    worker.py: once it takes the script as an argument this becomes that call."""
-    exe = runner.resolve_interpreter(opts["interpreter"])
-    launcher = list(opts["launcher"])
-    if launcher and shutil.which(launcher[0]) is None:
-        raise BackendError(f"the Meep launcher '{launcher[0]}' is not on PATH", field="backend")
-    base = Path(opts["work_dir"]) if opts.get("work_dir") else None
-    if base is not None:
-        base.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="qdcavity-meep-oc-", dir=base)
-    job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.npz"
-    err_path = Path(str(out_path) + ".error.json")
-    job = {"protocol": runner.PROTOCOL, "deadline_s": float(opts["timeout_s"]), **job}
-    job_path.write_text(json.dumps(job, allow_nan=False), encoding="utf-8")
-    cmd = [*launcher, exe, str(script), str(job_path), str(out_path)]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    env.pop("PYTHONPATH", None)
-    env.pop("PYTHONHOME", None)
-    t0 = time.time()
-    stderr_path = Path(tmp) / "stderr.txt"
-    try:
-        with open(stderr_path, "wb") as err_fh:
-            proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=err_fh, start_new_session=True,
-                                    preexec_fn=runner._die_with_parent)
-            try:
-                rc = proc.wait(timeout=float(opts["timeout_s"]))
-            except subprocess.TimeoutExpired:
-                runner._kill(proc)
-                raise SolverError(f"{what}: the Meep worker exceeded its time limit of "
-                                  f"{opts['timeout_s']:g} s and was stopped") from None
-        tail = runner._tail(stderr_path)
-        if err_path.exists():
-            info = json.loads(err_path.read_text(encoding="utf-8"))
-            kind, message = info.get("kind", "internal"), info.get("message", "")
-            if kind == "meep-import":
-                raise BackendError(f"{what}: Meep is not usable: {message}. "
-                                   f"{runner.INSTALL_HINT}", field="backend")
-            raise SolverError(f"{what}: {kind}: {message.strip()}")
-        if rc != 0 or not out_path.exists():
-            raise SolverError(f"{what}: the Meep worker exited with status {rc} without a "
-                              "result" + (f"; stderr: {tail}" if tail else ""))
-        with np.load(out_path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        meta = json.loads(str(arrays.pop("meta")))
-        return runner.WorkerResult(arrays, meta, time.time() - t0, tail)
-    finally:
-        if not opts.get("keep_files"):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- geometry
@@ -527,7 +466,10 @@ def _one_wavelength(stack: Stack, analysis: OutcouplingAnalysis, opts: Mapping[s
         "effective_fraction": f_nominal, "plain_reference": bool(opts["plain_reference"]),
         "numerics": {"resolution": res, **numerics},
     }
-    result = run_script(job, opts, what=f"meep outcoupling at {lam:g} nm")
+    result = runner.run_worker(job, interpreter=opts["interpreter"], launcher=opts["launcher"],
+                               timeout_s=float(opts["timeout_s"]), work_dir=opts.get("work_dir"),
+                               what=f"meep outcoupling at {lam:g} nm",
+                               keep=bool(opts.get("keep_files")), script=SCRIPT)
     arr, meta = result.arrays, result.meta
     z_region = (np.asarray(arr["y_region"]) - meta["z0"]) * 1000.0
     mode_ez = mode_profile(n_ref, d_snap, lam, mode, z_region)["Ey"]

@@ -79,8 +79,10 @@ _lock = threading.Lock()
 
 def run_worker(job: Mapping[str, Any], *, interpreter: str, launcher: Sequence[str] = (),
                timeout_s: float = 3600.0, work_dir: str | Path | None = None,
-               what: str = "meep task", keep: bool = False) -> WorkerResult:
-    """Run one job in the worker and return its arrays; raise SolverError/BackendError."""
+               what: str = "meep task", keep: bool = False, script: Path = WORKER
+               ) -> WorkerResult:
+    """Run one job in a worker script (default ``worker.py``; any script that speaks the same
+    protocol) and return its arrays; raise SolverError/BackendError."""
     exe = resolve_interpreter(interpreter)
     if launcher and shutil.which(launcher[0]) is None:
         raise BackendError(f"the Meep launcher '{launcher[0]}' is not on PATH "
@@ -94,7 +96,7 @@ def run_worker(job: Mapping[str, Any], *, interpreter: str, launcher: Sequence[s
     err_path = Path(str(out_path) + ".error.json")
     job = {"protocol": PROTOCOL, "deadline_s": float(timeout_s), **job}
     job_path.write_text(json.dumps(job, allow_nan=False), encoding="utf-8")
-    cmd = [*launcher, exe, str(WORKER), str(job_path), str(out_path)]
+    cmd = [*launcher, exe, str(script), str(job_path), str(out_path)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
