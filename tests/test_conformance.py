@@ -67,8 +67,8 @@ class TestMeepConformance(BackendConformance):
     error behaviour, the modes and dipole-emission contracts and the analytic modes and
     dipole stacks (1.5-3 minutes on 2 shared cores). Meep gives no angular spectrum
     K(u) (``attrs["K_available"] = "no"``), so the suite checks that K is zero instead of
-    comparing it with the bulk spectrum. ``contract.outcoupling`` is exercised by
-    tests/test_outcoupling_meep.py."""
+    comparing it with the bulk spectrum. ``contract.outcoupling``: TestMeepOutcoupling-
+    Conformance."""
 
     pytestmark = MEEP
     backend = "meep"
@@ -85,6 +85,24 @@ class TestMeepReflectanceConformance(BackendConformance):
     backend = "meep"
     cases = ("contract.reflectance", "physics.film", "physics.fresnel")
     options: ClassVar[Mapping[str, Any]] = {"resolution": 100}
+
+
+class TestMeepOutcouplingConformance(BackendConformance):
+    """The outcoupling contract from Meep's 2D scatterer cell: the particle model in 2D (the
+    cell has no given-alpha_sca or 3D mode, and refuses them by name), a small cell at
+    resolution 50 with two placements (the contract, not the accuracy: that is
+    tests/test_outcoupling_meep.py)."""
+
+    pytestmark = MEEP
+    backend = "meep"
+    cases = ("contract.outcoupling",)
+    # the suite's stack sits on glass: the TE0 tail needs room below (see _check_tails)
+    options: ClassVar[Mapping[str, Any]] = {
+        "resolution": 50, "window_um": 3.0, "realizations": 2, "seed": 1, "timeout_s": 600,
+        "pad_lo_um": 0.8, "region_below_um": -0.5, "flux_depth_um": 0.6}
+    analysis_params: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "outcoupling": {"geometry": "2d", "alpha_sca_cm": None, "particle_radius_nm": 15.0,
+                        "volume_fraction": 0.05}}
 
 
 # ----- the analytic answers themselves ------------------------------------------------------
@@ -306,3 +324,15 @@ def test_module_entry_point_prints_the_report(capsys) -> None:
     out = capsys.readouterr().out
     assert "backend 'tmm': 2 passed, 0 failed" in out
     assert main(["tmm", "nope"]) == 2
+
+
+def test_analysis_params_reach_the_contract_case() -> None:
+    """Per-analysis parameters replace the contract case's (None removes one): the TMM 2D
+    particle model passes the contract; a mode the stack does not have fails the case."""
+    ok = run_conformance("tmm", "contract.outcoupling", analysis_params={
+        "outcoupling": {"geometry": "2d", "alpha_sca_cm": None, "particle_radius_nm": 15.0,
+                        "volume_fraction": 0.05}})
+    assert ok.ok and ok.results[0].status == "passed", ok.summary()
+    bad = run_conformance("tmm", "contract.outcoupling",
+                          analysis_params={"outcoupling": {"mode": "TE7"}})
+    assert not bad.ok and "TE7" in bad.summary()

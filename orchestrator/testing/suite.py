@@ -9,6 +9,7 @@
         backend = "mysolver"                  # the name it registers under
         cases = None                          # every case its analyses call for (default)
         options = {"resolution": 20}          # backend options for every run (optional)
+        analysis_params = {"outcoupling": {"geometry": "2d"}}  # contract-case overrides
 
 pytest then collects one test per conformance case (``test_conformance[physics.slab]``...);
 a failing case fails with every violation it found, a case the backend cannot run here (it is
@@ -33,13 +34,14 @@ class BackendConformance:
     backend: ClassVar[str | Backend]
     cases: ClassVar[Sequence[str] | str | None] = None
     options: ClassVar[Mapping[str, Any]] = {}
+    analysis_params: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     registry: ClassVar[Registry | None] = None
 
     def pytest_generate_tests(self, metafunc: Any) -> None:
         if "conformance_case" not in metafunc.fixturenames:
             return
         try:
-            ctx = make_context(self.backend, self.options, self.registry)
+            ctx = make_context(self.backend, self.options, self.registry, self.analysis_params)
             selected: list[Case | Exception] = list(select_cases(ctx.backend, self.cases))
             ids = [c.id for c in selected]  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001  reported by the test, not at collection
@@ -54,7 +56,8 @@ class BackendConformance:
                         f"{type(conformance_case).__name__}: {conformance_case}", pytrace=False)
         ctx = _CONTEXTS.get(type(self))
         if ctx is None:
-            ctx = _CONTEXTS[type(self)] = make_context(self.backend, self.options, self.registry)
+            ctx = _CONTEXTS[type(self)] = make_context(self.backend, self.options, self.registry,
+                                                       self.analysis_params)
         result = run_case(conformance_case, ctx)
         if result.status == "skipped":
             pytest.skip(result.message)
