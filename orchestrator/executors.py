@@ -268,6 +268,7 @@ class DaskPool:
 
     def __init__(self, client: Any, cluster: Any = None, kind: str = "local") -> None:
         self.client, self.cluster, self.kind = client, cluster, kind
+        self._slurm_job_ids: set[str] = set()  # every worker job seen (the cluster forgets them)
         self._workers = (0, -math.inf)
         self._done: queue.Queue[Any] = queue.Queue()
         self.dashboard_link = _dashboard(client)
@@ -316,7 +317,7 @@ class DaskPool:
         if self.workers() > 0:
             return None
         if self.kind == "slurm":
-            _check_slurm_jobs(self.cluster)
+            _check_slurm_jobs(self.cluster, self._slurm_job_ids)
             return "waiting for SLURM workers (jobs queued)"
         return "waiting for workers"
 
@@ -460,24 +461,37 @@ def _slurm_error(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _check_slurm_jobs(cluster: Any) -> None:
-    """Raise if every job of the cluster has left the queue without a worker connecting."""
-    ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values()
-           if getattr(job, "job_id", None)]
-    if not ids:
+#: squeue states of a job that may still bring a worker (pending, configuring, running...);
+#: COMPLETING, CANCELLED, FAILED, TIMEOUT... will not
+_LIVE_JOB_STATES = {"PD", "CF", "R", "RS", "RQ", "RF", "RH", "S", "SO", "ST"}
+
+
+def _check_slurm_jobs(cluster: Any, seen: set[str]) -> None:
+    """Raise if every worker job of the run has left the queue (or is completing) while no
+    worker is connected.
+
+    ``seen`` accumulates the job ids across calls: dask's SpecCluster drops a lost worker's
+    job from ``cluster.workers`` after ``distributed.deploy.lost-worker-timeout`` (15 s), and a
+    check that only looked there would then find nothing to check and wait forever.
+    """
+    seen.update(str(job.job_id) for job in getattr(cluster, "workers", {}).values()
+                if getattr(job, "job_id", None))
+    if not seen:
         return
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
+        out = subprocess.run(["squeue", "-h", "-o", "%i %t", "-j", ",".join(sorted(seen))],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return
-    alive = set(out.stdout.split())
-    if out.returncode == 0 and not alive & set(ids):
+    live = {parts[0] for parts in (line.split() for line in out.stdout.splitlines())
+            if len(parts) == 2 and parts[1] in _LIVE_JOB_STATES}
+    # squeue -j exits non-zero when every id is unknown to it (purged): none is live then
+    if not live and (out.returncode == 0 or "Invalid job id" in out.stderr):
         log_dir = getattr(cluster, "_job_kwargs", {}).get("log_directory") or "."
         raise QdcavityError(
-            f"no dask worker is connected and none of the SLURM jobs {', '.join(ids)} is queued "
-            f"or running any more (failed, cancelled or out of time); see the job logs in "
-            f"{log_dir}. Finished tasks are cached: run again (--resume) to continue",
+            f"no dask worker is connected and none of the SLURM jobs {', '.join(sorted(seen))} "
+            f"is queued or running any more (failed, cancelled or out of time); see the job "
+            f"logs in {log_dir}. Finished tasks are cached: run again (--resume) to continue",
             field="executor.slurm")
 
 
