@@ -407,9 +407,9 @@ def _one_wavelength(stack: Stack, analysis: OutcouplingAnalysis, opts: Mapping[s
     """One worker call (plain, reference, realizations) and its measurements at ``lam``."""
     from qdcavity.plugins.tmm.fields import mode_profile
     from qdcavity.plugins.tmm.outcoupling_tmm import (
-        _pick_mode,
-        _spontaneous,
         half_width_deg,
+        pick_mode,
+        spontaneous_emission,
         vsl_outputs,
     )
 
@@ -483,8 +483,8 @@ def _one_wavelength(stack: Stack, analysis: OutcouplingAnalysis, opts: Mapping[s
     alpha_sca, eta = float(np.mean(a_sca)), m["eta_pooled"]
     # VSL curves from Meep's g and escape; beta and the direct air share from the TMM model
     n_lam = stack.indices([lam], zero_k=zero_k)[0]
-    tmm_mode, tmm_modes = _pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
-    beta, eta_sp = _spontaneous(n_lam, stack.thicknesses_nm, lam, pos, analysis.positions,
+    tmm_mode, tmm_modes = pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
+    beta, eta_sp = spontaneous_emission(n_lam, stack.thicknesses_nm, lam, pos, analysis.positions,
                                 tmm_mode, tmm_modes)
     g_net = m["gamma_P"] * np.asarray(analysis.gain_scan_cm) - alpha_abs - alpha_sca
     lateral, vertical = vsl_outputs(g_net, np.asarray(analysis.stripe_length_um) * 1e-4,

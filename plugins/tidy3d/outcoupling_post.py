@@ -169,9 +169,9 @@ def _std(values: np.ndarray) -> float:
 def _row(stack: Stack, analysis: OutcouplingAnalysis, plan: WavelengthPlan,
          m: dict[str, Any], theta: np.ndarray) -> dict[str, Any]:
     from qdcavity.plugins.tmm.outcoupling_tmm import (
-        _pick_mode,
-        _spontaneous,
         half_width_deg,
+        pick_mode,
+        spontaneous_emission,
         vsl_outputs,
     )
 
@@ -182,8 +182,8 @@ def _row(stack: Stack, analysis: OutcouplingAnalysis, plan: WavelengthPlan,
     zero_k = [stack.gain_layer] if analysis.gain_layer_k == "bleached" else []
     n_lam = stack.indices([lam], zero_k=zero_k)[0]
     pos = stack.layer_position(stack.gain_layer)
-    tmm_mode, tmm_modes = _pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
-    beta, eta_sp = _spontaneous(n_lam, stack.thicknesses_nm, lam, pos, analysis.positions,
+    tmm_mode, tmm_modes = pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
+    beta, eta_sp = spontaneous_emission(n_lam, stack.thicknesses_nm, lam, pos, analysis.positions,
                                 tmm_mode, tmm_modes)
     g_net = plain["gamma_P"] * np.asarray(analysis.gain_scan_cm) - plain["alpha_cm"] - alpha_sca
     lateral, vertical = vsl_outputs(g_net, np.asarray(analysis.stripe_length_um) * 1e-4,

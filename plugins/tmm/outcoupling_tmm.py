@@ -132,7 +132,9 @@ def cylinder_alpha_bulk_cm(radius_nm: float, area_fraction: float, n_particle: f
     return area_fraction / (np.pi * radius_nm**2) * sigma_nm * 1e7
 
 
-def _pick_mode(n: np.ndarray, d: np.ndarray, lam: float, label: str) -> tuple[Mode, list[Mode]]:
+def pick_mode(n: np.ndarray, d: np.ndarray, lam: float, label: str) -> tuple[Mode, list[Mode]]:
+    """The mode called ``label`` (e.g. "TE0") and all modes of its polarization; ConfigError
+    naming the modes found if there is none (the full-wave backends use it too)."""
     modes = find_modes(n, d, lam, label[:2])
     for mode in modes:
         if mode.label == label:
@@ -221,8 +223,11 @@ def _scatter_line_dipoles(n, d, lam, mode: Mode, pos: int, count: int, u: np.nda
     }
 
 
-def _spontaneous(n, d, lam, pos: int, count: int, mode: Mode, others: list[Mode]):
-    """(beta, air fraction) of isotropic QD emission averaged over the layer."""
+def spontaneous_emission(n: np.ndarray, d: np.ndarray, lam: float, pos: int, count: int,
+                         mode: Mode, others: list[Mode]) -> tuple[float, float]:
+    """(beta, air fraction) of isotropic QD emission averaged over the gain layer (``count``
+    Gauss-Legendre heights): beta is the share into ``mode`` (all in-plane directions); the
+    full-wave backends take these two from here (they do not simulate spontaneous emission)."""
     nodes, weights = np.polynomial.legendre.leggauss(count)
     heights = (nodes + 1) / 2 * d[pos - 1]
     n_e = n[pos].real
@@ -310,7 +315,7 @@ def solve_outcoupling(stack: Stack, analysis: OutcouplingAnalysis) -> xr.Dataset
     extra: dict[str, list] = {k: [] for k in (
         "alpha_ext_cm", "purcell_mean", "forward_fraction")} if two_d else {}
     for lam, n in zip(lams, n_all, strict=True):
-        mode, modes = _pick_mode(n, d, lam, analysis.mode)
+        mode, modes = pick_mode(n, d, lam, analysis.mode)
         gamma_p = float(confinement(n, d, lam, mode).gamma_P[pos])
         alpha_bulk = None
         if analysis.alpha_sca_cm is None:
@@ -346,7 +351,7 @@ def solve_outcoupling(stack: Stack, analysis: OutcouplingAnalysis) -> xr.Dataset
                          else gamma_p * alpha_bulk)
             fractions, p_top = _scatter_dipoles(n, d, lam, mode, pos, analysis.positions, u)
             pattern = angular_pattern(p_top, u, np.radians(theta), n_e, n_air)
-        beta, eta_sp = _spontaneous(n, d, lam, pos, analysis.positions, mode, modes)
+        beta, eta_sp = spontaneous_emission(n, d, lam, pos, analysis.positions, mode, modes)
         g_net = gamma_p * gains - mode.alpha_cm - alpha_sca
         lateral, vertical = vsl_outputs(g_net, length_cm, beta, fractions[0], alpha_sca, eta_sp)
         for key, value in (
