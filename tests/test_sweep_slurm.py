@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,8 +126,10 @@ def test_rejected_submission_is_one_error_and_keeps_the_cache(slurm: Path, tmp_p
 
 def test_cancelled_jobs_end_the_run_with_one_error_then_resume(slurm: Path, tmp_path: Path
                                                                ) -> None:
-    """scancel every worker job mid-sweep: the run stops with a clear error instead of
-    waiting forever, finished tasks stay cached, and a resumed run completes the sweep."""
+    """scancel every worker job mid-sweep: `qdcavity run` stops with one clear error and a
+    non-zero exit instead of waiting forever, finished tasks stay cached, and a resumed run
+    completes the sweep. The run is a separate process (as a user's is): if it ever hangs,
+    faulthandler's dump of its threads is in the failure message."""
     text = write(tmp_path).read_text().replace(
         'wavelength_nm = [600, 630, 660]',
         'wavelength_nm = {start = 450, stop = 750, num = 800}\nangle_deg = [0, 20, 40, 60]')
@@ -135,30 +137,38 @@ def test_cancelled_jobs_end_the_run_with_one_error_then_resume(slurm: Path, tmp_
                         '"QD.thickness_nm" = [' + ", ".join(str(20 + i) for i in range(40)) + "]")
     text = text.replace("jobs = 2", "jobs = 1")
     (tmp_path / "study.toml").write_text(text)
-    study = load_study(tmp_path / "study.toml")
     cache_dir = tmp_path / "cache"
-    errors: list[BaseException] = []
-
-    def run() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-m", "qdcavity.cli", "run",
+         str(tmp_path / "study.toml"), "--cache-dir", str(cache_dir), "-o", "out.nc"],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline \
+                and len(list(TaskCache(cache_dir).keys())) < 5:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0]
+        subprocess.run("squeue -h -o %i | xargs -r scancel", shell=True, check=True)
         try:
-            execute_study(study, cache_dir=cache_dir)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while thread.is_alive() and time.monotonic() < deadline \
-            and len(list(TaskCache(cache_dir).keys())) < 5:
-        time.sleep(0.05)
-    subprocess.run("squeue -h -o %i | xargs -r scancel", shell=True, check=True)
-    thread.join(120)
-    assert not thread.is_alive()
-    assert errors and isinstance(errors[0], QdcavityError), errors
-    assert "none of the SLURM jobs" in str(errors[0])
+            output = proc.communicate(timeout=180)[0]
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
+            output = proc.communicate(timeout=30)[0]
+            queue = subprocess.run(["squeue", "-o", "%i %t %M %R"], capture_output=True,
+                                   text=True).stdout
+            pytest.fail(f"the run did not stop after scancel; squeue:\n{queue}\n{output}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode not in (0, None), output
+    assert "none of the SLURM jobs" in output, output
+    assert "Traceback" not in output, output
     done = len(list(TaskCache(cache_dir).keys()))
     assert 5 <= done < 160
-    ds, rep = execute_study(study, executor="inprocess", cache_dir=cache_dir)
+    ds, rep = execute_study(load_study(tmp_path / "study.toml"), executor="inprocess",
+                            cache_dir=cache_dir)
     assert rep.n_cached == done and rep.n_computed == 160 - done
     assert (ds.status == "ok").all()
 
