@@ -278,7 +278,15 @@ class DaskPool:
         if time.monotonic() - when > 1.0:
             n = len(self.client.scheduler_info().get("workers", {}))
             self._workers = (n, time.monotonic())
+            self.remember_jobs()
         return n
+
+    def remember_jobs(self) -> None:
+        """Note the SLURM job ids of the cluster's workers (the cluster forgets lost ones)."""
+        if self.kind == "slurm":
+            self._slurm_job_ids.update(
+                str(job.job_id) for job in list(getattr(self.cluster, "workers", {}).values())
+                if getattr(job, "job_id", None))
 
     def window(self) -> int:
         return 2 * max(self.workers(), 1)
@@ -557,7 +565,9 @@ def _slurm_pool(cfg: ExecConfig) -> DaskPool:
         with suppress(Exception):
             cluster.close(timeout=10)
         raise
-    return DaskPool(client, cluster, "slurm")
+    pool = DaskPool(client, cluster, "slurm")
+    pool.remember_jobs()
+    return pool
 
 
 def _preflight(cluster: Any) -> None:
