@@ -43,7 +43,7 @@ from qdcavity.contracts import CHANNELS, ORIENTATIONS, with_units
 from qdcavity.errors import ConfigError
 from qdcavity.stack import Stack
 
-from .runner import run_worker
+from .runner import run_job
 from .structure import band_samples, build_structure
 
 
@@ -99,10 +99,7 @@ def run_dipole(stack: Stack, analysis: DipoleEmissionAnalysis,
                          "decay_by": float(opts["decay_by"]),
                          "max_time": float(opts["max_time"])},
         }
-        out = run_worker(job, interpreter=opts["interpreter"], launcher=opts["launcher"],
-                         timeout_s=float(opts["timeout_s"]), work_dir=opts.get("work_dir"),
-                         what=f"meep dipole emission {lam0:g} nm",
-                         keep=bool(opts.get("keep_files")))
+        out = run_job(job, opts, f"meep dipole emission {lam0:g} nm")
         meta = out.meta
         runs_meta.append({"wavelength_nm": lam0, "wall_s": out.wall_s, **meta["runs"]})
         power = {}

@@ -32,7 +32,7 @@ from qdcavity.analyses import ModesAnalysis
 from qdcavity.modeset import ModeRecord, field_grid, mode_labels, modes_dataset
 from qdcavity.stack import Stack
 
-from .runner import run_worker
+from .runner import run_job
 from .structure import Structure, band_samples, build_structure
 
 
@@ -310,10 +310,7 @@ def run_modes(stack: Stack, analysis: ModesAnalysis, opts: Mapping[str, Any]) ->
                          "f_band": f_band, "n_lo": n_lo, "n_hi": n_hi},
                 "numerics": _numerics(opts, res, pad),
             }
-            out = run_worker(job, interpreter=opts["interpreter"], launcher=opts["launcher"],
-                             timeout_s=float(opts["timeout_s"]), work_dir=opts.get("work_dir"),
-                             what=f"meep modes {lam0:g} nm {pol}",
-                             keep=bool(opts.get("keep_files")))
+            out = run_job(job, opts, f"meep modes {lam0:g} nm {pol}")
             runs_meta.append({"wavelength_nm": lam0, "polarization": pol,
                               "wall_s": out.wall_s, "worker": {
                                   k: out.meta[k] for k in ("snap_um", "cell_um", "wall_s",

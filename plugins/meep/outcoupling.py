@@ -466,10 +466,7 @@ def _one_wavelength(stack: Stack, analysis: OutcouplingAnalysis, opts: Mapping[s
         "effective_fraction": f_nominal, "plain_reference": bool(opts["plain_reference"]),
         "numerics": {"resolution": res, **numerics},
     }
-    result = runner.run_worker(job, interpreter=opts["interpreter"], launcher=opts["launcher"],
-                               timeout_s=float(opts["timeout_s"]), work_dir=opts.get("work_dir"),
-                               what=f"meep outcoupling at {lam:g} nm",
-                               keep=bool(opts.get("keep_files")), script=SCRIPT)
+    result = runner.run_job(job, opts, f"meep outcoupling at {lam:g} nm", script=SCRIPT)
     arr, meta = result.arrays, result.meta
     z_region = (np.asarray(arr["y_region"]) - meta["z0"]) * 1000.0
     mode_ez = mode_profile(n_ref, d_snap, lam, mode, z_region)["Ey"]

@@ -26,7 +26,7 @@ from qdcavity.contracts import with_units
 from qdcavity.errors import ConfigError
 from qdcavity.stack import Stack
 
-from .runner import run_worker
+from .runner import run_job
 from .structure import band_samples, build_structure
 
 
@@ -124,10 +124,7 @@ def run_reflectance(stack: Stack, analysis: ReflectanceAnalysis,
                          "decay_by": float(opts["decay_by"]),
                          "max_time": float(opts["max_time"])},
         }
-        out = run_worker(job, interpreter=opts["interpreter"], launcher=opts["launcher"],
-                         timeout_s=float(opts["timeout_s"]), work_dir=opts.get("work_dir"),
-                         what=f"meep reflectance {1000 / f_hi:.4g}-{1000 / f_lo:.4g} nm",
-                         keep=bool(opts.get("keep_files")))
+        out = run_job(job, opts, f"meep reflectance {1000 / f_hi:.4g}-{1000 / f_lo:.4g} nm")
         Rk, Tk, kxs = out.arrays["R"], out.arrays["T"], out.arrays["kx"]
         runs.append({"band_nm": [1000 / f_hi, 1000 / f_lo], "kx": kxs.tolist(),
                      "wall_s": out.wall_s, "snap_um": out.meta.get("snap_um"),

@@ -147,6 +147,15 @@ def run_worker(job: Mapping[str, Any], *, interpreter: str, launcher: Sequence[s
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_job(job: Mapping[str, Any], opts: Mapping[str, Any], what: str,
+            script: Path = WORKER) -> WorkerResult:
+    """:func:`run_worker` with the interpreter, launcher, time limit, work folder and
+    keep-files setting taken from resolved backend options (``backend.resolve_options``)."""
+    return run_worker(job, interpreter=opts["interpreter"], launcher=opts["launcher"],
+                      timeout_s=float(opts["timeout_s"]), work_dir=opts.get("work_dir"),
+                      what=what, keep=bool(opts.get("keep_files")), script=script)
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Ask Linux to SIGTERM the worker when the host dies (no orphaned simulations)."""
     try:
