@@ -191,23 +191,45 @@ def _amplitudes(g: _Geometry, u: np.ndarray) -> _Amplitudes:
     )
 
 
+@dataclass(frozen=True)
+class _Waves:
+    """Waves at the source per unit source strength, shared by every dipole kernel: upward
+    (``up_*``) and downward (``dn_*``) for s, for p with an even source term (a vertical point
+    dipole, a z line current) and for p with an odd one (horizontal, x); the amplitudes carried
+    through into the superstrate (``tt``) and the substrate (``tb``), and 1 / |l_z|^2."""
+
+    up_s: np.ndarray
+    dn_s: np.ndarray
+    up_pe: np.ndarray
+    dn_pe: np.ndarray
+    up_po: np.ndarray
+    dn_po: np.ndarray
+    tt: np.ndarray
+    tb: np.ndarray
+    inv_l2: np.ndarray
+
+
+def _waves(a: _Amplitudes) -> _Waves:
+    ap, am = a.a_top, a.a_bot
+    den = 1.0 - ap * am
+    return _Waves(
+        up_s=(1.0 + am[:, 0]) / den[:, 0], dn_s=(1.0 + ap[:, 0]) / den[:, 0],
+        up_pe=(1.0 + am[:, 1]) / den[:, 1], dn_pe=(1.0 + ap[:, 1]) / den[:, 1],
+        up_po=(1.0 - am[:, 1]) / den[:, 1], dn_po=(1.0 - ap[:, 1]) / den[:, 1],
+        tt=a.t_top * a.e_top[:, None], tb=a.t_bot * a.e_bot[:, None],
+        inv_l2=1.0 / np.abs(a.lz) ** 2,
+    )
+
+
 def _spectra(g: _Geometry, u: np.ndarray) -> np.ndarray:
     """(6, N) real: K_h, K_v, P_top_h, P_top_v, P_bottom_h, P_bottom_v at u (N,)."""
     a = _amplitudes(g, u)
-    ap, am = a.a_top, a.a_bot
-    den = 1.0 - ap * am
-    up_s = (1.0 + am[:, 0]) / den[:, 0]  # upward wave at the dipole per unit source
-    dn_s = (1.0 + ap[:, 0]) / den[:, 0]
-    up_v = (1.0 + am[:, 1]) / den[:, 1]
-    dn_v = (1.0 + ap[:, 1]) / den[:, 1]
-    up_h = (1.0 - am[:, 1]) / den[:, 1]
-    dn_h = (1.0 - ap[:, 1]) / den[:, 1]
-    lz = a.lz
+    w = _waves(a)
+    ap, lz = a.a_top, a.lz
+    up_s, dn_s, up_v, dn_v, up_h, dn_h = w.up_s, w.dn_s, w.up_pe, w.dn_pe, w.up_po, w.dn_po
     k_v = 1.5 * (u**3 / lz * (1.0 + ap[:, 1]) * up_v).real
     k_h = 0.75 * (u / lz * (1.0 + ap[:, 0]) * up_s + u * lz * (1.0 - ap[:, 1]) * up_h).real
-    inv_l2 = 1.0 / np.abs(lz) ** 2
-    tt = a.t_top * a.e_top[:, None]
-    tb = a.t_bot * a.e_bot[:, None]
+    inv_l2, tt, tb = w.inv_l2, w.tt, w.tb
     pt_v = 0.75 * u**3 * inv_l2 * a.q_sup[:, 1] * np.abs(tt[:, 1] * up_v) ** 2
     pb_v = 0.75 * u**3 * inv_l2 * a.q_sub[:, 1] * np.abs(tb[:, 1] * dn_v) ** 2
     pt_h = 0.375 * u * (

@@ -58,6 +58,7 @@ from .dipole import (
     _output_grid_for,
     _Pole,
     _residue_result,
+    _waves,
 )
 
 ORIENTATIONS_2D = ("y", "x", "z")
@@ -92,21 +93,13 @@ class LineDipoleResult(DipoleResult):
 def _spectra2d(g: _Geometry, u: np.ndarray) -> np.ndarray:
     """(9, N) real: K_y, K_x, K_z, P_top_{y,x,z}, P_bottom_{y,x,z} at u (N,)."""
     a = _amplitudes(g, u)
-    ap, am = a.a_top, a.a_bot
-    den = 1.0 - ap * am
-    up_s = (1.0 + am[:, 0]) / den[:, 0]
-    dn_s = (1.0 + ap[:, 0]) / den[:, 0]
-    up_z = (1.0 + am[:, 1]) / den[:, 1]
-    dn_z = (1.0 + ap[:, 1]) / den[:, 1]
-    up_x = (1.0 - am[:, 1]) / den[:, 1]
-    dn_x = (1.0 - ap[:, 1]) / den[:, 1]
-    lz = a.lz
+    w = _waves(a)
+    ap, lz = a.a_top, a.lz
+    up_s, dn_s, up_z, dn_z, up_x, dn_x = w.up_s, w.dn_s, w.up_pe, w.dn_pe, w.up_po, w.dn_po
     k_y = (2 / _PI) * (1.0 / lz * (1.0 + ap[:, 0]) * up_s).real
     k_x = (4 / _PI) * (lz * (1.0 - ap[:, 1]) * up_x).real
     k_z = (4 / _PI) * (u**2 / lz * (1.0 + ap[:, 1]) * up_z).real
-    inv_l2 = 1.0 / np.abs(lz) ** 2
-    tt = a.t_top * a.e_top[:, None]
-    tb = a.t_bot * a.e_bot[:, None]
+    inv_l2, tt, tb = w.inv_l2, w.tt, w.tb
     pt_y = (1 / _PI) * inv_l2 * a.q_sup[:, 0] * np.abs(tt[:, 0] * up_s) ** 2
     pb_y = (1 / _PI) * inv_l2 * a.q_sub[:, 0] * np.abs(tb[:, 0] * dn_s) ** 2
     pt_x = (2 / _PI) * a.q_sup[:, 1] * np.abs(tt[:, 1] * up_x) ** 2
