@@ -325,6 +325,7 @@ class DaskPool:
         if self.workers() > 0:
             return None
         if self.kind == "slurm":
+            self.remember_jobs()
             _check_slurm_jobs(self.cluster, self._slurm_job_ids)
             return "waiting for SLURM workers (jobs queued)"
         return "waiting for workers"
@@ -478,12 +479,10 @@ def _check_slurm_jobs(cluster: Any, seen: set[str]) -> None:
     """Raise if every worker job of the run has left the queue (or is completing) while no
     worker is connected.
 
-    ``seen`` accumulates the job ids across calls: dask's SpecCluster drops a lost worker's
-    job from ``cluster.workers`` after ``distributed.deploy.lost-worker-timeout`` (15 s), and a
-    check that only looked there would then find nothing to check and wait forever.
+    ``seen``: every job id the run has had (:meth:`DaskPool.remember_jobs`), not only those in
+    ``cluster.workers``: dask's SpecCluster drops a lost worker's job from there, and a check
+    that only looked there could find nothing to check and wait forever.
     """
-    seen.update(str(job.job_id) for job in getattr(cluster, "workers", {}).values()
-                if getattr(job, "job_id", None))
     if not seen:
         return
     try:
