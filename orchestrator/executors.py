@@ -263,6 +263,10 @@ class InlinePool:
         self._queue.clear()
 
 
+#: dask future states after which ``result()`` returns or raises at once
+FINAL_FUTURE_STATES = ("finished", "error", "cancelled")
+
+
 class DaskPool:
     """Batches as futures on a dask.distributed client."""
 
@@ -310,6 +314,12 @@ class DaskPool:
         out = []
         for fut in ready:
             if fut not in handles:
+                continue
+            if fut.status not in FINAL_FUTURE_STATES:
+                # e.g. "lost": its worker left gracefully (scancel, SIGTERM) and dask will run
+                # it again; result() would block until then, perhaps forever, so the driver
+                # keeps it in flight (the heartbeat notices when no worker can come back)
+                fut.add_done_callback(self._done.put)
                 continue
             try:
                 out.append((fut, fut.result()))
