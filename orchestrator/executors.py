@@ -265,6 +265,31 @@ class InlinePool:
 
 #: dask future states after which ``result()`` returns or raises at once
 FINAL_FUTURE_STATES = ("finished", "error", "cancelled")
+#: how long one attempt to fetch a finished result may take before its state is checked again
+GATHER_SLICE_S = 2.0
+_IN_FLIGHT = object()
+
+
+def _collect(fut: Any) -> Any:
+    """A finished future's result (or its exception), else ``_IN_FLIGHT``.
+
+    A result lives on the worker that computed it. If that worker leaves (scancel, SIGTERM)
+    before the result is fetched, dask resets the future and waits for a rerun inside
+    ``result()``, forever when no worker comes back. So the fetch runs in short slices and
+    gives the future back to the driver (whose heartbeat notices lost workers) once it is no
+    longer finished; a slow but live transfer keeps its "finished" state and is waited for.
+    """
+    while (status := fut.status) in FINAL_FUTURE_STATES:
+        try:
+            return fut.result(timeout=GATHER_SLICE_S)
+        except TimeoutError as exc:
+            if status != "finished":  # an errored future raises its own exception at once
+                return exc
+        except BaseException as exc:  # noqa: BLE001  classified by the driver
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            return exc
+    return _IN_FLIGHT
 
 
 class DaskPool:
@@ -315,18 +340,11 @@ class DaskPool:
         for fut in ready:
             if fut not in handles:
                 continue
-            if fut.status not in FINAL_FUTURE_STATES:
-                # e.g. "lost": its worker left gracefully (scancel, SIGTERM) and dask will run
-                # it again; result() would block until then, perhaps forever, so the driver
-                # keeps it in flight (the heartbeat notices when no worker can come back)
-                fut.add_done_callback(self._done.put)
+            outcome = _collect(fut)
+            if outcome is _IN_FLIGHT:
+                fut.add_done_callback(self._done.put)  # reported again when dask reruns it
                 continue
-            try:
-                out.append((fut, fut.result()))
-            except BaseException as exc:  # noqa: BLE001  classified by the driver
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
-                out.append((fut, exc))
+            out.append((fut, outcome))
             fut.release()
         return out
 
@@ -371,6 +389,19 @@ def _quiet_dask() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # "task marked as failed because 1 workers died": the driver retries it and says so
     logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedGatherFilter) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_AbandonedGatherFilter())
+
+
+class _AbandonedGatherFilter:
+    """Drops asyncio's "Task exception was never retrieved" for dask's internal ``AllExit``:
+    left behind when :func:`_collect` stops fetching a result whose worker has gone."""
+
+    @staticmethod
+    def filter(record: Any) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return type(exc).__name__ != "AllExit"
 
 
 # Per-worker background sampling (a stack profiler every 10 ms, a GIL monitor every 1 ms) costs

@@ -183,3 +183,61 @@ def test_tiny_local_sweep_runs_in_process(tmp_path: Path) -> None:
     assert rep.executor.startswith("local (ran in-process")
     assert (ds.status == "ok").all() and time.monotonic() - t0 < 10
     assert TaskCache(tmp_path).stats.corrupt == 0
+
+
+class ResetOnFetch:
+    """A dask future as the client sees it when its worker leaves before the result is
+    fetched: "finished", then, while ``result()`` tries to gather, reset to "lost" (after
+    which dask's own ``result()`` would wait for a rerun, forever without workers)."""
+
+    def __init__(self) -> None:
+        self.status, self.fetches = "finished", 0
+
+    def result(self, timeout: float | None = None) -> object:
+        assert timeout is not None, "an unbounded fetch can hang the driver"
+        self.fetches += 1
+        self.status = "lost"
+        raise TimeoutError
+
+
+def test_result_lost_while_fetching_goes_back_in_flight() -> None:
+    from qdcavity.executors import _IN_FLIGHT, _collect
+
+    fut = ResetOnFetch()
+    assert _collect(fut) is _IN_FLIGHT and fut.fetches == 1
+
+
+def test_collect_returns_results_and_task_errors() -> None:
+    from distributed import Client, LocalCluster
+
+    from qdcavity.executors import _collect
+
+    def boom() -> None:
+        raise TimeoutError("the task's own")
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0", silence_logs=40) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        ok, bad = client.submit(sum, [1, 2], pure=False), client.submit(boom, pure=False)
+        client.gather([ok], errors="skip")
+        while bad.status != "error":
+            time.sleep(0.01)
+        assert _collect(ok) == 3
+        err = _collect(bad)
+        assert isinstance(err, TimeoutError) and "the task's own" in str(err)
+
+
+def test_abandoned_gather_noise_is_dropped_and_nothing_else() -> None:
+    import logging
+
+    from distributed.client import AllExit
+
+    from qdcavity.executors import _AbandonedGatherFilter
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                                 "Task exception was never retrieved", None,
+                                 (type(exc), exc, None))
+
+    assert not _AbandonedGatherFilter.filter(record(AllExit()))
+    assert _AbandonedGatherFilter.filter(record(RuntimeError("real")))
