@@ -7,12 +7,14 @@ backend returns) lives in :mod:`qdcavity.contracts`. Build one with :func:`make_
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigError
+from .identity import CachedIdentity, canonical_dumps
 from .validation import validated
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -69,7 +71,7 @@ def _nonnegative_numbers(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-class Analysis(BaseModel):
+class Analysis(CachedIdentity):
     """Common base: frozen, no unknown keys."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +79,11 @@ class Analysis(BaseModel):
 
     def canonical(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @cached_property
+    def canonical_json(self) -> str:
+        """``canonical_dumps(self.canonical())``, computed once per analysis object."""
+        return canonical_dumps(self.canonical())
 
 
 class ModesAnalysis(Analysis):

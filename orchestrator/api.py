@@ -41,8 +41,8 @@ def provenance(stack: Stack, analysis: Analysis, backend_name: str) -> dict[str,
         "solver_versions": json.dumps(solvers, sort_keys=True),
         "stack_name": stack.name,
         "stack_hash": stack.content_hash,
-        "stack": json.dumps(stack.canonical(), sort_keys=True),
-        "analysis": json.dumps(analysis.canonical(), sort_keys=True),
+        "stack": stack.canonical_json,
+        "analysis": analysis.canonical_json,
     }
 
 

@@ -5,8 +5,9 @@ the canonical stack, analysis, backend options, backend name and backend version
 ``<cache_dir>/<key[:2]>/<key>.qdc``. The file is::
 
     QDCACHE1\\n
-    {"key": ..., "sha256": ..., "size": ..., "format": "qdr1", ...}\\n
-    <payload: "QDR1", a JSON schema (variables, dims, dtypes, shapes, attrs), raw array bytes>
+    {"key": ..., "sha256": ..., "size": ..., "format": "qdr2", ...}\\n
+    <payload: "QDR2", the variables' structure (names, dims, dtypes, shapes, attrs) as JSON,
+     the dataset's attributes as JSON, raw array bytes>
 
 * Writes go to a unique temporary file in the same folder, then ``os.replace``: a reader (or a
   run killed with SIGKILL) sees either no entry or a complete one, never half a file.
@@ -26,7 +27,7 @@ file costs far more than a millisecond solve on many file systems (about 0.5 ms 
 Lustre/GPFS)::
 
     QDPACK1\n
-    {"format": "qdr1", "entries": [{"key": ..., "offset": ..., "size": ..., "sha256": ...}]}\n
+    {"format": "qdr2", "entries": [{"key": ..., "offset": ..., "size": ..., "sha256": ...}]}\n
     <payloads, one after the other>
 
 Packs are written atomically like entries and never modified. Each entry keeps its own checksum
@@ -43,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,12 +58,15 @@ from .errors import QdcavityError
 
 MAGIC = b"QDCACHE1\n"
 PACK_MAGIC = b"QDPACK1\n"
-FORMAT = "qdr1"
+FORMAT = "qdr2"
 SUFFIX = ".qdc"
 PACK_DIR = "packs"
 PACK_SUFFIX = ".qdpack"
 CACHE_ENV = "QDCAVITY_CACHE_DIR"
 TOKEN_FILE = "qdcavity-cache-id"
+
+
+_TASK_KEY = re.compile(r"[0-9a-f]{8,}")
 
 
 class CacheError(QdcavityError):
@@ -70,6 +75,10 @@ class CacheError(QdcavityError):
 
 class CorruptEntry(Exception):
     """A cache file exists but fails its checks (recompute it)."""
+
+
+class OtherFormat(CorruptEntry):
+    """A sound cache file written in another format version: a miss, not a corruption."""
 
 
 # ---------------------------------------------------------------- dataset <-> bytes (no pickle)
@@ -150,29 +159,101 @@ class Record:
         return xr.Dataset(data_vars, coords=coords, attrs=dict(self.attrs))
 
 
-PAYLOAD_MAGIC = b"QDR1"
+PAYLOAD_MAGIC = b"QDR2"
 _ALIGN = 16
+_MEMO_LIMIT = 256  # distinct dataset structures remembered (one per analysis and shape)
+
+#: structure signature -> its JSON (encoding) and structure JSON -> its layout (decoding):
+#: thousands of results of one sweep share a handful of structures, parsed once each
+_STRUCTURE_JSON: dict[tuple[Any, ...], bytes] = {}
+_LAYOUTS: dict[bytes, tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int, int]],
+                            int]] = {}
 
 
-def encode_dataset(ds: xr.Dataset) -> bytes:
-    """Serialize a dataset to bytes: a JSON schema, then every variable's raw array bytes."""
-    variables, chunks, offset = [], [], 0
-    coord_names = set(ds.coords)
-    for name, var in ds.variables.items():
-        arr = _plain_array(str(name), np.asarray(var.values))
-        raw = arr.tobytes()
+def _memo_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+
+
+def _plain_attrs(attrs: Mapping[Any, Any]) -> tuple[tuple[Any, str], ...] | None:
+    """A memo key for attributes that are all strings (the usual units/descriptions), else
+    None (other values compare equal across types, 1 == 1.0 == True, so are not memoized)."""
+    items = tuple(attrs.items())
+    return items if all(type(v) is str for _, v in items) else None
+
+
+def _structure(ds: xr.Dataset, arrays: list[np.ndarray]) -> bytes:
+    """JSON of the variables' names, dims, coordinate flags, attrs, dtypes, shapes and
+    offsets: everything but the data and the dataset's own attributes."""
+    coord_names = ds.coords.keys()
+    signature: list[Any] | None = []
+    for (name, var), arr in zip(ds.variables.items(), arrays, strict=True):
+        attrs = _plain_attrs(var.attrs)
+        if attrs is None or type(name) is not str:
+            signature = None
+            break
+        signature.append((name, var.dims, name in coord_names, arr.dtype.str, arr.shape, attrs))
+    memo_key = tuple(signature) if signature is not None else None
+    if memo_key is not None and (text := _STRUCTURE_JSON.get(memo_key)) is not None:
+        return text
+    variables, offset = [], 0
+    for (name, var), arr in zip(ds.variables.items(), arrays, strict=True):
         variables.append({
             "name": name, "dims": list(var.dims), "coord": name in coord_names,
             "attrs": _json_value(dict(var.attrs)), "dtype": arr.dtype.str,
-            "shape": list(arr.shape), "offset": offset, "nbytes": len(raw),
+            "shape": list(arr.shape), "offset": offset, "nbytes": arr.nbytes,
         })
-        pad = -len(raw) % _ALIGN
-        chunks.append(raw + b"\0" * pad)
-        offset += len(raw) + pad
-    schema = json.dumps({"variables": variables, "attrs": _json_value(dict(ds.attrs))}).encode()
-    head = PAYLOAD_MAGIC + len(schema).to_bytes(8, "little") + schema
-    head += b"\0" * (-len(head) % _ALIGN)
-    return head + b"".join(chunks)
+        offset += arr.nbytes + (-arr.nbytes % _ALIGN)
+    text = json.dumps(variables).encode()
+    if memo_key is not None:
+        _memo_put(_STRUCTURE_JSON, memo_key, text)
+    return text
+
+
+def encode_dataset(ds: xr.Dataset) -> bytes:
+    """Serialize a dataset to bytes (no pickle)::
+
+        "QDR2" | u64 n | structure JSON (n bytes) | u64 m | attrs JSON (m bytes) | padding
+        | each variable's raw array bytes, padded to 16 bytes
+
+    The structure (variables, dims, dtypes, shapes, offsets, variable attrs) is separate from
+    the dataset's attributes, so the thousands of results of a sweep, which differ only in
+    data and attributes, share one structure text, built and parsed once per process.
+    """
+    arrays = [_plain_array(str(name), np.asarray(var.values))
+              for name, var in ds.variables.items()]
+    structure = _structure(ds, arrays)
+    attrs = json.dumps(_json_value(dict(ds.attrs))).encode()
+    head = b"".join((PAYLOAD_MAGIC, len(structure).to_bytes(8, "little"), structure,
+                     len(attrs).to_bytes(8, "little"), attrs))
+    parts = [head, b"\0" * (-len(head) % _ALIGN)]
+    for arr in arrays:
+        parts += [arr.tobytes(), b"\0" * (-arr.nbytes % _ALIGN)]
+    return b"".join(parts)
+
+
+def _layout(structure: bytes) -> tuple[list[dict[str, Any]],
+                                       list[tuple[np.dtype, tuple[int, ...], int, int]], int]:
+    """Variables (name, dims, coord, attrs), array layouts (dtype, shape, offset, count) and
+    the padded bytes they take, from a structure JSON (ValueError if inconsistent). Memoized: treat
+    the returned variable dicts as read-only, they are shared by every record decoded."""
+    cached = _LAYOUTS.get(structure)
+    if cached is not None:
+        return cached
+    variables, layout, end = [], [], 0
+    for v in json.loads(structure):
+        dtype, shape = np.dtype(v["dtype"]), tuple(v["shape"])
+        count = math.prod(shape)
+        if count * dtype.itemsize != v["nbytes"] or v["offset"] < 0:
+            raise ValueError("inconsistent array size")
+        variables.append({"name": v["name"], "dims": v["dims"], "coord": v["coord"],
+                          "attrs": _from_json(v["attrs"])})
+        layout.append((dtype, shape, v["offset"], count))
+        end = max(end, v["offset"] + v["nbytes"] + (-v["nbytes"] % _ALIGN))
+    out = (variables, layout, end)
+    _memo_put(_LAYOUTS, bytes(structure), out)
+    return out
 
 
 def decode_record(payload: bytes) -> Record:
@@ -180,22 +261,18 @@ def decode_record(payload: bytes) -> Record:
     if payload[:4] != PAYLOAD_MAGIC:
         raise ValueError("not an encoded dataset")
     n = int.from_bytes(payload[4:12], "little")
-    schema = json.loads(payload[12:12 + n])
-    base = 12 + n + (-(12 + n) % _ALIGN)
-    variables, arrays = [], []
-    for v in schema["variables"]:
-        start = base + v["offset"]
-        if start + v["nbytes"] > len(payload):
-            raise ValueError("truncated payload")
-        dtype = np.dtype(v["dtype"])
-        count = math.prod(v["shape"])
-        if count * dtype.itemsize != v["nbytes"]:
-            raise ValueError("inconsistent array size")
-        arr = np.frombuffer(payload, dtype=dtype, count=count, offset=start).reshape(v["shape"])
-        arrays.append(arr)
-        variables.append({"name": v["name"], "dims": v["dims"], "coord": v["coord"],
-                          "attrs": _from_json(v["attrs"])})
-    return Record(_from_json(schema["attrs"]), variables, arrays)
+    structure = payload[12:12 + n]
+    m = int.from_bytes(payload[12 + n:20 + n], "little")
+    if len(structure) != n or 20 + n + m > len(payload):
+        raise ValueError("truncated payload")
+    attrs = _from_json(json.loads(payload[20 + n:20 + n + m]))
+    base = 20 + n + m + (-(20 + n + m) % _ALIGN)
+    variables, layout, end = _layout(structure)
+    if base + end != len(payload):
+        raise ValueError("truncated payload" if base + end > len(payload) else "trailing bytes")
+    arrays = [np.frombuffer(payload, dtype=dtype, count=count, offset=base + offset
+                            ).reshape(shape) for dtype, shape, offset, count in layout]
+    return Record(attrs, variables, arrays)
 
 
 def decode_dataset(payload: bytes) -> xr.Dataset:
@@ -227,7 +304,9 @@ def unpack(key: str, blob: bytes) -> tuple[dict[str, Any], bytes]:
     payload = blob[end + 1:]
     if not isinstance(header, dict) or header.get("key") != key:
         raise CorruptEntry("key mismatch")
-    if header.get("format") != FORMAT or header.get("size") != len(payload):
+    if header.get("format") != FORMAT:
+        raise OtherFormat(f"format {header.get('format')!r}")
+    if header.get("size") != len(payload):
         raise CorruptEntry(f"size {len(payload)} != {header.get('size')}")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise CorruptEntry("checksum mismatch")
@@ -267,7 +346,7 @@ def read_pack_header(path: Path) -> list[tuple[str, PackEntry]]:
     try:
         header = json.loads(line)
         if header["format"] != FORMAT:
-            raise CorruptEntry(f"format {header['format']!r}")
+            raise OtherFormat(f"format {header['format']!r}")
         base = len(PACK_MAGIC) + len(line)
         return [(str(e["key"]), PackEntry(path, base + int(e["offset"]), int(e["size"]),
                                           str(e["sha256"]))) for e in header["entries"]]
@@ -288,6 +367,7 @@ class TaskCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
+        self._root_str = str(self.root)
         self.stats = CacheStats()
         self.corrupt_keys: list[str] = []
         self._dirs: set[Path] = set()
@@ -303,9 +383,13 @@ class TaskCache:
             raise QdcavityError(f"cache folder {self.root} is not writable", field="cache_dir")
 
     def path(self, key: str) -> Path:
-        if len(key) < 8 or not all(c in "0123456789abcdef" for c in key):
+        return Path(self._entry_file(key))
+
+    def _entry_file(self, key: str) -> str:
+        """``<root>/<key[:2]>/<key>.qdc`` as a string (a lookup costs a few microseconds)."""
+        if not _TASK_KEY.fullmatch(key):
             raise ValueError(f"not a task key: {key!r}")
-        return self.root / key[:2] / f"{key}{SUFFIX}"
+        return f"{self._root_str}/{key[:2]}/{key}{SUFFIX}"
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).exists() or key in self._pack_index()
@@ -329,6 +413,8 @@ class TaskCache:
             self._packs_seen.add(name)
             try:
                 entries = read_pack_header(self.root / PACK_DIR / name)
+            except OtherFormat:
+                continue  # another qdcavity version's pack: its tasks are simply missing
             except (OSError, CorruptEntry):
                 self.stats.corrupt += 1  # its tasks are simply missing: recomputed
                 continue
@@ -353,7 +439,8 @@ class TaskCache:
         """Every stored copy of ``key`` (the entry file, then packs newest first); None for
         a copy that fails its checks."""
         try:
-            blob = self.path(key).read_bytes()
+            with open(self._entry_file(key), "rb") as fh:
+                blob = fh.read()
         except FileNotFoundError:
             pass
         except OSError:
@@ -361,6 +448,8 @@ class TaskCache:
         else:
             try:
                 yield unpack(key, blob)[1]
+            except OtherFormat:
+                pass  # from another qdcavity version: recomputed and replaced, not corrupt
             except CorruptEntry:
                 yield None
         for entry in reversed(self._pack_index().get(key, ())):

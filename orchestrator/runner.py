@@ -42,13 +42,17 @@ def expand(study: Study, backend: str | None = None) -> list[Task]:
     """Tasks of a study, one per sweep point and analysis; bad axes fail before any work."""
     labels = {a.label for a in study.analyses}
     base_cache: dict[str, Any] = {}
+    refs: dict[str | None, str] = {}
     analyses_memo: dict[str, dict[str, Any]] = {}
     tasks: list[Task] = []
     for point in sweep_points(study):
         stack_overrides = {k: v for k, v in point.items()
                            if k not in SPECIAL_AXES and k.partition(".")[0] not in labels}
         analysis_overrides = {k: v for k, v in point.items() if k.partition(".")[0] in labels}
-        stack_name = study.stack_ref(point.get("stack"))
+        ref = point.get("stack")
+        if ref not in refs:
+            refs[ref] = study.stack_ref(ref)
+        stack_name = refs[ref]
         if stack_name not in base_cache:
             base_cache[stack_name] = load_stack(stack_name, study.overrides or None)
             _check_axes(study, base_cache[stack_name], labels)

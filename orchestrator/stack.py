@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigError, QdcavityError, WavelengthRangeError
+from .identity import CachedIdentity, canonical_dumps
 from .materials import Material, material_from_spec
 from .validation import validated
 
@@ -36,6 +37,22 @@ def _check_material(spec: MaterialSpec) -> MaterialSpec:
     return spec
 
 
+_MATERIAL_JSON: dict[str, str] = {}
+
+
+def material_json(spec: MaterialSpec) -> str:
+    """``canonical_dumps`` of a material's canonical form, memoized: a sweep builds thousands
+    of stacks from the same few materials (and the shipped library never changes in a run)."""
+    memo_key = spec if isinstance(spec, str) else "\0" + canonical_dumps(spec)
+    text = _MATERIAL_JSON.get(memo_key)
+    if text is None:
+        text = canonical_dumps(material_from_spec(spec).canonical())
+        if len(_MATERIAL_JSON) > 4096:  # inline tables swept by value: keep the memo bounded
+            _MATERIAL_JSON.clear()
+        _MATERIAL_JSON[memo_key] = text
+    return text
+
+
 class Medium(BaseModel):
     """A semi-infinite medium (substrate or superstrate)."""
 
@@ -48,7 +65,7 @@ class Medium(BaseModel):
         return _check_material(v)
 
 
-class Layer(BaseModel):
+class Layer(CachedIdentity):
     """A finite layer with a unique name, a material and a thickness in nm."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -60,6 +77,12 @@ class Layer(BaseModel):
     @classmethod
     def _material(cls, v: MaterialSpec) -> MaterialSpec:
         return _check_material(v)
+
+    @cached_property
+    def canonical_json(self) -> str:
+        """``canonical_dumps`` of this layer's entry in :meth:`Stack.canonical`."""
+        return (f'{{"material":{material_json(self.material)},"name":{json.dumps(self.name)},'
+                f'"thickness_nm":{json.dumps(self.thickness_nm)}}}')
 
     @field_validator("name")
     @classmethod
@@ -78,7 +101,7 @@ class Layer(BaseModel):
         return float(v)
 
 
-class Stack(BaseModel):
+class Stack(CachedIdentity):
     """A planar multilayer. Build it with :func:`load_stack` or :meth:`from_dict`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -135,10 +158,19 @@ class Stack(BaseModel):
         }
 
     @cached_property
+    def canonical_json(self) -> str:
+        """``canonical_dumps(self.canonical())``, assembled from per-layer pieces (each layer
+        and material is serialized once, not once per sweep point)."""
+        layers = ",".join(la.canonical_json for la in self.layers)
+        return (f'{{"emitter_layer":{json.dumps(self.emitter_layer)},'
+                f'"gain_layer":{json.dumps(self.gain_layer)},"layers":[{layers}],'
+                f'"substrate":{material_json(self.substrate.material)},'
+                f'"superstrate":{material_json(self.superstrate.material)}}}')
+
+    @cached_property
     def content_hash(self) -> str:
         """SHA-256 of the canonical form (the name and description do not enter it)."""
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(self.canonical_json.encode()).hexdigest()
 
     def to_toml_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

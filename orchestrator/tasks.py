@@ -38,15 +38,16 @@ class Task:
     index: int = 0
 
     def key(self, backend_version: str) -> str:
+        """SHA-256 of ``canonical_dumps({"analysis", "backend", "backend_version", "options",
+        "stack"})`` (``default=str`` for option values), assembled from the stack's and the
+        analysis' cached canonical JSON."""
         options = {k: v for k, v in self.options.items() if k not in NON_RESULT_OPTIONS}
-        payload = {
-            "stack": self.stack.canonical(),
-            "analysis": self.analysis.canonical(),
-            "backend": self.backend,
-            "backend_version": backend_version,
-            "options": options,
-        }
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        options_json = json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
+        text = (f'{{"analysis":{self.analysis.canonical_json},'
+                f'"backend":{json.dumps(self.backend)},'
+                f'"backend_version":{json.dumps(backend_version)},'
+                f'"options":{options_json},'
+                f'"stack":{self.stack.canonical_json}}}')
         return hashlib.sha256(text.encode()).hexdigest()
 
 

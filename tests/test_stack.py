@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pydantic
 import pytest
 
 from qdcavity.errors import ConfigError, WavelengthRangeError
-from qdcavity.stack import Stack, builtin_stacks, load_stack
+from qdcavity.stack import Stack, builtin_stacks, canonical_dumps, load_stack
 
 GOOD = """
 name = "demo"
@@ -95,6 +98,44 @@ def test_hash_is_stable_and_content_based(write) -> None:
     assert c.with_overrides({"QD.thickness_nm": 70}).content_hash == a.content_hash
     # a pinned value guards against accidental changes of the canonical form
     assert load_stack("TE-DIZO").content_hash == load_stack("TE-DIZO").content_hash
+
+
+@pytest.mark.parametrize("name", ["BE", "TE-IZOB", "TE-IZOT", "TE-DIZO"])
+def test_canonical_json_is_the_canonical_form_dumped(name: str) -> None:
+    """The assembled (memoized) canonical JSON is exactly the canonical dict dumped with sorted
+    keys and no spaces: hashes and cache keys do not depend on how it is built."""
+    base = load_stack(name)
+    inline = base.with_overrides({"superstrate.material": {"n": 1.5, "k": 0.0},
+                                  f"{base.layers[0].name}.material": {"n": 2.1, "k": 1e-3}})
+    for stack in (base, base.with_overrides({f"{base.layers[1].name}.thickness_nm": 33.25}),
+                  inline, inline.model_copy(update={"gain_layer": None})):
+        assert stack.canonical_json == canonical_dumps(stack.canonical())
+        assert stack.content_hash == hashlib.sha256(
+            canonical_dumps(stack.canonical()).encode()).hexdigest()
+
+
+def test_model_copy_does_not_carry_a_stale_identity() -> None:
+    stack = load_stack("TE-DIZO")
+    layer = stack.layers[1]
+    before = (stack.content_hash, stack.canonical_json, layer.canonical_json)
+    copy = stack.model_copy(update={"gain_layer": None})
+    assert copy.canonical_json == canonical_dumps(copy.canonical()) != before[1]
+    assert copy.content_hash != before[0]
+    thinner = layer.model_copy(update={"thickness_nm": 1.0})
+    assert '"thickness_nm":1.0' in thinner.canonical_json != before[2]
+
+
+def test_task_key_is_the_hash_of_its_canonical_inputs() -> None:
+    from qdcavity.analyses import make_analysis
+    from qdcavity.tasks import Task
+
+    stack = load_stack("TE-DIZO").with_overrides({"QD.thickness_nm": 31.5})
+    analysis = make_analysis("reflectance", wavelength_nm=[600, 630])
+    task = Task(stack, analysis, "reflectance", "tmm", options={"x": (1, 2), "work_dir": "/w"})
+    text = json.dumps({"stack": stack.canonical(), "analysis": analysis.canonical(),
+                       "backend": "tmm", "backend_version": "9.9", "options": {"x": (1, 2)}},
+                      sort_keys=True, separators=(",", ":"), default=str)
+    assert task.key("9.9") == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_overrides_address_fields_by_dotted_name(te_dizo: Stack) -> None:

@@ -55,6 +55,39 @@ def test_encoding_round_trip(refl: xr.Dataset) -> None:
     xr.testing.assert_identical(rec.to_dataset(), Record.from_dataset(refl).to_dataset())
 
 
+def test_shared_structures_keep_types_and_check_lengths(refl: xr.Dataset) -> None:
+    """Results of one shape share a memoized structure: attribute types must still come back
+    as they went in, and a truncated payload must still be refused."""
+    as_text = refl.assign(R=refl.R.assign_attrs(scale="1"))
+    as_int = refl.assign(R=refl.R.assign_attrs(scale=1))
+    as_bool = refl.assign(R=refl.R.assign_attrs(scale=True))
+    for ds in (as_text, as_int, as_bool, as_text, as_int):
+        back = decode_dataset(encode_dataset(ds))
+        assert type(back.R.attrs["scale"]) is type(ds.R.attrs["scale"])
+        xr.testing.assert_identical(back, ds)
+    twice = [decode_record(encode_dataset(refl.assign(R=refl.R * k))) for k in (1, 2)]
+    r = [v["name"] for v in twice[0].variables].index("R")
+    np.testing.assert_array_equal(twice[1].arrays[r], 2 * twice[0].arrays[r])
+    payload = encode_dataset(refl)
+    for bad in (payload[:-1], payload[:len(payload) // 2], payload[:30], payload[:8],
+                payload + b"\0" * 16):
+        with pytest.raises(ValueError, match="truncated|trailing|not an encoded"):
+            decode_record(bad)
+
+
+def test_other_format_versions_are_misses_not_corruption(tmp_path: Path, refl: xr.Dataset
+                                                         ) -> None:
+    cache = TaskCache(tmp_path)
+    path = cache.put(key_of(7), refl)
+    path.write_bytes(path.read_bytes().replace(b'"format": "qdr2"', b'"format": "qdr1"'))
+    packed = cache.put_many([(key_of(8), encode_dataset(refl), None),
+                             (key_of(9), encode_dataset(refl), None)])
+    packed.write_bytes(packed.read_bytes().replace(b'"format": "qdr2"', b'"format": "qdr1"'))
+    fresh = TaskCache(tmp_path)
+    assert all(fresh.get(key_of(i)) is None for i in (7, 8, 9))
+    assert fresh.stats.corrupt == 0 and fresh.stats.misses == 3
+
+
 def test_unencodable_values_raise() -> None:
     with pytest.raises(CacheError):
         encode_dataset(xr.Dataset({"o": ("x", np.array([object(), 1], dtype=object))}))
@@ -86,7 +119,7 @@ def test_put_get_and_corruption(tmp_path: Path, refl: xr.Dataset) -> None:
         assert cache.get(key) is None, what
         assert cache.stats.corrupt == before + 1, what
     # a checksum-valid entry whose payload is not a dataset is corrupt too
-    path.write_bytes(pack(key, b"QDR1 nonsense"))
+    path.write_bytes(pack(key, b"QDR2 nonsense"))
     assert cache.get(key) is None
     with pytest.raises(CorruptEntry):
         unpack(key, b"QDCACHE1\n{broken\n")
