@@ -241,3 +241,29 @@ def test_abandoned_gather_noise_is_dropped_and_nothing_else() -> None:
 
     assert not _AbandonedGatherFilter.filter(record(AllExit()))
     assert _AbandonedGatherFilter.filter(record(RuntimeError("real")))
+
+
+def test_workers_run_lean_and_slurm_jobs_get_the_same_settings(tmp_path: Path) -> None:
+    """The background sampling that slows millisecond tasks is off (or slowed) in local
+    workers, and a SLURM worker job exports the same settings before it starts."""
+    import subprocess
+    import sys
+
+    from qdcavity.executors import LEAN_WORKERS, open_pool, slurm_kwargs
+
+    def settings() -> dict:
+        import dask
+
+        return {key: dask.config.get(key) for key in LEAN_WORKERS}
+
+    with open_pool(ExecConfig(kind="local", workers=1)) as pool:
+        seen = pool.client.run(settings)
+    assert list(seen.values()) == [LEAN_WORKERS]
+    prologue = slurm_kwargs(ExecConfig(kind="slurm", base_dir=str(tmp_path)))[
+        "job_script_prologue"]
+    probe = tmp_path / "probe.py"
+    probe.write_text("import dask, json, sys\n"
+                     "print(json.dumps({k: dask.config.get(k) for k in sys.argv[1:]}))\n")
+    script = "\n".join([*prologue, " ".join([sys.executable, str(probe), *LEAN_WORKERS])])
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == LEAN_WORKERS
