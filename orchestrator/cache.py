@@ -179,9 +179,10 @@ PAYLOAD_MAGIC = b"QDR2"
 _ALIGN = 16
 _MEMO_LIMIT = 256  # distinct dataset structures remembered (one per analysis and shape)
 
-#: structure signature -> its JSON (encoding) and structure JSON -> its layout (decoding):
+#: variable names -> the structure last seen with them (encoding), and structure JSON -> its
+#: layout (decoding):
 #: thousands of results of one sweep share a handful of structures, parsed once each
-_STRUCTURE_JSON: dict[tuple[Any, ...], bytes] = {}
+_STRUCTURES: dict[tuple[Any, ...], _KnownStructure] = {}
 _LAYOUTS: dict[bytes, tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int, int]],
                             int]] = {}
 
@@ -192,27 +193,38 @@ def _memo_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
     memo[key] = value
 
 
-def _plain_attrs(attrs: Mapping[Any, Any]) -> tuple[tuple[Any, str], ...] | None:
-    """A memo key for attributes that are all strings (the usual units/descriptions), else
-    None (other values compare equal across types, 1 == 1.0 == True, so are not memoized)."""
-    items = tuple(attrs.items())
-    return items if all(type(v) is str for _, v in items) else None
+@dataclass(frozen=True)
+class _KnownStructure:
+    """A structure seen before, with what a new dataset must match to reuse its JSON."""
+
+    dims: tuple[tuple[Any, ...], ...]
+    coords: tuple[bool, ...]
+    dtypes: tuple[np.dtype, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    attrs: tuple[dict[Any, str], ...]  # only all-text attributes are remembered
+    text: bytes
+
+    def matches(self, ds: xr.Dataset, arrays: list[np.ndarray]) -> bool:
+        """Same dims, coordinate flags, dtypes, shapes and attributes, variable by variable
+        (names are the memo key). Text attributes equal to remembered text ones encode alike;
+        other values are never remembered, since 1 == 1.0 == True would mix up types."""
+        coord_names = ds.coords.keys()
+        for i, ((name, var), arr) in enumerate(zip(ds.variables.items(), arrays, strict=True)):
+            if (var.dims != self.dims[i] or arr.shape != self.shapes[i]
+                    or arr.dtype != self.dtypes[i] or (name in coord_names) != self.coords[i]
+                    or var.attrs != self.attrs[i]):
+                return False
+        return True
 
 
 def _structure(ds: xr.Dataset, arrays: list[np.ndarray]) -> bytes:
     """JSON of the variables' names, dims, coordinate flags, attrs, dtypes, shapes and
     offsets: everything but the data and the dataset's own attributes."""
+    names = tuple(ds.variables)
+    known = _STRUCTURES.get(names)
+    if known is not None and known.matches(ds, arrays):
+        return known.text
     coord_names = ds.coords.keys()
-    signature: list[Any] | None = []
-    for (name, var), arr in zip(ds.variables.items(), arrays, strict=True):
-        attrs = _plain_attrs(var.attrs)
-        if attrs is None or type(name) is not str:
-            signature = None
-            break
-        signature.append((name, var.dims, name in coord_names, arr.dtype.str, arr.shape, attrs))
-    memo_key = tuple(signature) if signature is not None else None
-    if memo_key is not None and (text := _STRUCTURE_JSON.get(memo_key)) is not None:
-        return text
     variables, offset = [], 0
     for (name, var), arr in zip(ds.variables.items(), arrays, strict=True):
         variables.append({
@@ -222,8 +234,15 @@ def _structure(ds: xr.Dataset, arrays: list[np.ndarray]) -> bytes:
         })
         offset += arr.nbytes + (-arr.nbytes % _ALIGN)
     text = json.dumps(variables).encode()
-    if memo_key is not None:
-        _memo_put(_STRUCTURE_JSON, memo_key, text)
+    plain = all(type(n) is str for n in names) and all(
+        type(v) is str for var in ds.variables.values() for v in var.attrs.values())
+    if plain:
+        variables_ = list(ds.variables.values())
+        _memo_put(_STRUCTURES, names, _KnownStructure(
+            dims=tuple(v.dims for v in variables_),
+            coords=tuple(n in coord_names for n in names),
+            dtypes=tuple(a.dtype for a in arrays), shapes=tuple(a.shape for a in arrays),
+            attrs=tuple(dict(v.attrs) for v in variables_), text=text))
     return text
 
 
