@@ -206,15 +206,20 @@ class _KnownStructure:
 
     def matches(self, ds: xr.Dataset, arrays: list[np.ndarray]) -> bool:
         """Same dims, coordinate flags, dtypes, shapes and attributes, variable by variable
-        (names are the memo key). Text attributes equal to remembered text ones encode alike;
-        other values are never remembered, since 1 == 1.0 == True would mix up types."""
+        (names are the memo key). Only text names, dims and attributes are remembered and
+        matched: other values compare equal across types (1 == 1.0 == True, a one-element
+        array == its item) that encode differently."""
         coord_names = ds.coords.keys()
         for i, ((name, var), arr) in enumerate(zip(ds.variables.items(), arrays, strict=True)):
             if (var.dims != self.dims[i] or arr.shape != self.shapes[i]
                     or arr.dtype != self.dtypes[i] or (name in coord_names) != self.coords[i]
-                    or var.attrs != self.attrs[i]):
+                    or not _all_text(var.attrs.values()) or var.attrs != self.attrs[i]):
                 return False
         return True
+
+
+def _all_text(values: Any) -> bool:
+    return all(type(v) is str for v in values)
 
 
 def _structure(ds: xr.Dataset, arrays: list[np.ndarray]) -> bytes:
@@ -234,8 +239,8 @@ def _structure(ds: xr.Dataset, arrays: list[np.ndarray]) -> bytes:
         })
         offset += arr.nbytes + (-arr.nbytes % _ALIGN)
     text = json.dumps(variables).encode()
-    plain = all(type(n) is str for n in names) and all(
-        type(v) is str for var in ds.variables.values() for v in var.attrs.values())
+    plain = _all_text(names) and all(_all_text(var.dims) and _all_text(var.attrs.values())
+                                     for var in ds.variables.values())
     if plain:
         variables_ = list(ds.variables.values())
         _memo_put(_STRUCTURES, names, _KnownStructure(
@@ -254,7 +259,7 @@ def _encode_attrs(attrs: Mapping[Any, Any]) -> bytes:
     texts: list[bytes] = []
     for name, value in attrs.items():
         if type(value) is str:
-            raw = value.encode()
+            raw = value.encode("utf-8", "surrogatepass")  # as JSON would keep a lone one
             entries.append([str(name), len(raw)])
             texts.append(raw)
         else:
@@ -270,13 +275,15 @@ def _decode_attrs(blob: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     at = 4 + n
     for entry in json.loads(blob[4:4 + n]):
+        if not (isinstance(entry, list) and len(entry) in (2, 3) and type(entry[1]) is int):
+            raise ValueError("malformed attribute entry")
         if entry[1] < 0:
             out[entry[0]] = _from_json(entry[2])
         else:
             end = at + entry[1]
             if end > len(blob):
                 raise ValueError("truncated attributes")
-            out[entry[0]] = blob[at:end].decode()
+            out[entry[0]] = blob[at:end].decode("utf-8", "surrogatepass")
             at = end
     if at != len(blob):
         raise ValueError("inconsistent attributes")
@@ -306,25 +313,39 @@ def encode_dataset(ds: xr.Dataset) -> bytes:
     return b"".join(parts)
 
 
-def _layout(structure: bytes) -> tuple[list[dict[str, Any]],
-                                       list[tuple[np.dtype, tuple[int, ...], int, int]], int]:
-    """Variables (name, dims, coord, attrs), array layouts (dtype, shape, offset, count) and
-    the padded bytes they take, from a structure JSON (ValueError if inconsistent). Memoized: treat
-    the returned variable dicts as read-only, they are shared by every record decoded."""
+_Layout = tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int, int]], int,
+                tuple[Any, ...] | None]
+
+
+def _layout(structure: bytes) -> _Layout:
+    """From a structure JSON: the variables (name, dims, coord, attrs), the array layouts
+    (dtype, shape, offset, count), the padded bytes they take, and, if some variable's
+    attributes are not all text, every variable's attributes as stored JSON (else None).
+    ValueError if inconsistent. Memoized: the variable dicts are shared by every record
+    decoded from the same structure (treat them as read-only; mutable attribute values are
+    rebuilt per record by :func:`decode_record`)."""
     cached = _LAYOUTS.get(structure)
     if cached is not None:
         return cached
-    variables, layout, end = [], [], 0
+    variables, layout, stored, end = [], [], [], 0
     for v in json.loads(structure):
         dtype, shape = np.dtype(v["dtype"]), tuple(v["shape"])
+        sizes = (*shape, v["offset"], v["nbytes"])
+        if not all(type(x) is int and x >= 0 for x in sizes) or len(shape) != len(v["dims"]):
+            raise ValueError("inconsistent array layout")
         count = math.prod(shape)
-        if count * dtype.itemsize != v["nbytes"] or v["offset"] < 0:
+        if count * dtype.itemsize != v["nbytes"]:
             raise ValueError("inconsistent array size")
+        attrs = _from_json(v["attrs"])
+        if not isinstance(attrs, dict):
+            raise ValueError("variable attributes are not a table")
         variables.append({"name": v["name"], "dims": v["dims"], "coord": v["coord"],
-                          "attrs": _from_json(v["attrs"])})
+                          "attrs": attrs})
+        stored.append(v["attrs"])
         layout.append((dtype, shape, v["offset"], count))
         end = max(end, v["offset"] + v["nbytes"] + (-v["nbytes"] % _ALIGN))
-    out = (variables, layout, end)
+    plain = all(type(x) is str for var in variables for x in var["attrs"].values())
+    out = (variables, layout, end, None if plain else tuple(stored))
     _memo_put(_LAYOUTS, bytes(structure), out)
     return out
 
@@ -340,9 +361,12 @@ def decode_record(payload: bytes) -> Record:
         raise ValueError("truncated payload")
     attrs = _decode_attrs(payload[20 + n:20 + n + m])
     base = 20 + n + m + (-(20 + n + m) % _ALIGN)
-    variables, layout, end = _layout(structure)
+    variables, layout, end, stored = _layout(structure)
     if base + end != len(payload):
         raise ValueError("truncated payload" if base + end > len(payload) else "trailing bytes")
+    if stored is not None:  # lists or arrays among the attributes: this record's own copies
+        variables = [{**v, "attrs": _from_json(raw)} for v, raw in zip(variables, stored,
+                                                                        strict=True)]
     arrays = [np.frombuffer(payload, dtype=dtype, count=count, offset=base + offset
                             ).reshape(shape) for dtype, shape, offset, count in layout]
     return Record(attrs, variables, arrays)
@@ -563,7 +587,7 @@ class TaskCache:
             return None
         try:
             return decode_record(payload)
-        except (ValueError, KeyError, TypeError):  # checksum fine, content unusable
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # unusable
             self.stats.hits -= 1
             self._corrupt(key)
             return None

@@ -275,16 +275,19 @@ def _collect(fut: Any) -> Any:
 
     A result lives on the worker that computed it. If that worker leaves (scancel, SIGTERM)
     before the result is fetched, dask resets the future and waits for a rerun inside
-    ``result()``, forever when no worker comes back. So the fetch runs in short slices and
-    gives the future back to the driver (whose heartbeat notices lost workers) once it is no
-    longer finished; a slow but live transfer keeps its "finished" state and is waited for.
+    ``result()``, forever when no worker comes back. So the fetch runs in slices and gives the
+    future back to the driver (whose heartbeat notices lost workers) once it is no longer
+    finished. A slice that runs out cancels that fetch, so each next one is twice as long: a
+    slow but live transfer still completes, in at most about twice its own time.
     """
+    slice_s = GATHER_SLICE_S
     while (status := fut.status) in FINAL_FUTURE_STATES:
         try:
-            return fut.result(timeout=GATHER_SLICE_S)
+            return fut.result(timeout=slice_s)
         except TimeoutError as exc:
             if status != "finished":  # an errored future raises its own exception at once
                 return exc
+            slice_s *= 2
         except BaseException as exc:  # noqa: BLE001  classified by the driver
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -300,6 +303,7 @@ class DaskPool:
         self._slurm_job_ids: set[str] = set()  # every worker job seen (the cluster forgets them)
         self._workers = (0, -math.inf)
         self._done: queue.Queue[Any] = queue.Queue()
+        self._parked: set[Any] = set()  # futures that stopped being final, polled each wait
         self.dashboard_link = _dashboard(client)
 
     def workers(self) -> int:
@@ -329,10 +333,14 @@ class DaskPool:
         return fut
 
     def wait(self, handles: Any, timeout: float) -> list[tuple[Any, Any]]:
-        try:
-            ready = [self._done.get(timeout=timeout)]
-        except queue.Empty:
-            return []
+        self._parked &= set(handles)  # the driver gave up on the others
+        ready = [fut for fut in self._parked if fut.status in FINAL_FUTURE_STATES]
+        self._parked.difference_update(ready)
+        if not ready:
+            try:
+                ready = [self._done.get(timeout=timeout)]
+            except queue.Empty:
+                return []
         with suppress(queue.Empty):
             while True:
                 ready.append(self._done.get_nowait())
@@ -341,11 +349,15 @@ class DaskPool:
             if fut not in handles:
                 continue
             outcome = _collect(fut)
-            if outcome is _IN_FLIGHT:
+            if outcome is not _IN_FLIGHT:
+                out.append((fut, outcome))
+                fut.release()
+            elif fut.status == "pending":
                 fut.add_done_callback(self._done.put)  # reported again when dask reruns it
-                continue
-            out.append((fut, outcome))
-            fut.release()
+            else:
+                # "lost" (its worker left): a done callback would fire at once, again and
+                # again; it is looked at on each wait instead, paced by the driver's timeout
+                self._parked.add(fut)
         return out
 
     def heartbeat(self) -> str | None:

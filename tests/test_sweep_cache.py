@@ -75,6 +75,42 @@ def test_shared_structures_keep_types_and_check_lengths(refl: xr.Dataset) -> Non
             decode_record(bad)
 
 
+def test_memoized_structures_never_mix_up_attribute_types(refl: xr.Dataset) -> None:
+    """A text attribute and an array (of one or more items) that compare equal to it must
+    each come back as what it was; list attributes are each record's own."""
+    text = refl.assign(R=refl.R.assign_attrs(units="m"))
+    one = refl.assign(R=refl.R.assign_attrs(units=np.array(["m"])))
+    many = refl.assign(R=refl.R.assign_attrs(units=np.array([1.0, 2.0])))
+    for ds in (text, one, many, text):
+        back = decode_dataset(encode_dataset(ds))
+        assert type(back.R.attrs["units"]) is type(ds.R.attrs["units"])
+        xr.testing.assert_identical(back, ds)
+    listed = encode_dataset(refl.assign(R=refl.R.assign_attrs(flags=[1, 2])))
+    first, second = decode_record(listed), decode_record(listed)
+    r = [v["name"] for v in first.variables].index("R")
+    first.variables[r]["attrs"]["flags"].append(99)
+    assert second.variables[r]["attrs"]["flags"] == [1, 2]
+    assert decode_record(listed).variables[r]["attrs"]["flags"] == [1, 2]
+
+
+def test_odd_text_and_malformed_payloads(refl: xr.Dataset) -> None:
+    odd = refl.assign_attrs(path="caf\u00e9-\udcff")  # a lone surrogate, as from os.fsdecode
+    assert decode_dataset(encode_dataset(odd)).attrs["path"] == odd.attrs["path"]
+    payload = encode_dataset(refl)
+    n = int.from_bytes(payload[4:12], "little")
+    structure = payload[12:12 + n]
+    negative = structure.replace(b'"shape": [2, 1, 2]', b'"shape": [2, -1, 2]', 1)
+    assert negative != structure
+    with pytest.raises(ValueError):
+        decode_record(payload[:12] + negative + payload[12 + n:])
+    m = int.from_bytes(payload[12 + n:20 + n], "little")
+    index_len = int.from_bytes(payload[20 + n:24 + n], "little")
+    bad_index = b'[["a"]]'.ljust(index_len)
+    with pytest.raises(ValueError, match="malformed"):
+        decode_record(payload[:24 + n] + bad_index + payload[24 + n + index_len:])
+    assert m > index_len
+
+
 def test_other_format_versions_are_misses_not_corruption(tmp_path: Path, refl: xr.Dataset
                                                          ) -> None:
     cache = TaskCache(tmp_path)

@@ -207,6 +207,67 @@ def test_result_lost_while_fetching_goes_back_in_flight() -> None:
     assert _collect(fut) is _IN_FLIGHT and fut.fetches == 1
 
 
+class SlowFetch:
+    """A finished future whose result takes longer to move than the first fetch slices."""
+
+    def __init__(self, needs_s: float) -> None:
+        self.status, self.needs_s, self.slices = "finished", needs_s, []
+
+    def result(self, timeout: float | None = None) -> object:
+        self.slices.append(timeout)
+        if timeout is None or timeout < self.needs_s:
+            raise TimeoutError
+        return "payload"
+
+
+def test_slow_transfer_is_waited_for_in_growing_slices() -> None:
+    from qdcavity.executors import GATHER_SLICE_S, _collect
+
+    fut = SlowFetch(needs_s=5 * GATHER_SLICE_S)
+    assert _collect(fut) == "payload"
+    assert fut.slices == [GATHER_SLICE_S * 2 ** i for i in range(len(fut.slices))]
+    assert fut.slices[-1] < 2 * fut.needs_s
+
+
+class LostFuture:
+    """A future whose worker left: "lost" until dask reruns it."""
+
+    def __init__(self) -> None:
+        self.status, self.callbacks, self.released = "lost", 0, False
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def add_done_callback(self, fn: object) -> None:
+        self.callbacks += 1
+
+    def result(self, timeout: float | None = None) -> object:
+        if self.status != "finished":
+            raise AssertionError("fetched while not finished")
+        return "rerun result"
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_lost_future_is_polled_not_called_back_in_a_loop() -> None:
+    """A done callback on a "lost" future fires at once: re-adding it after each look would
+    spin. The pool parks the future and looks again on each wait, paced by its timeout."""
+    from qdcavity.executors import DaskPool
+
+    pool = DaskPool(client=object())
+    fut = LostFuture()
+    handles = {fut: ["k"]}
+    pool._done.put(fut)
+    t0 = time.monotonic()
+    assert pool.wait(handles, timeout=0.2) == []  # looked at, parked
+    assert pool.wait(handles, timeout=0.2) == []  # nothing new: waits out the timeout
+    assert time.monotonic() - t0 >= 0.2 and fut.callbacks == 0
+    fut.status = "finished"  # rerun done
+    assert pool.wait(handles, timeout=5) == [(fut, "rerun result")] and fut.released
+    assert pool.wait(handles, timeout=0.05) == []
+
+
 def test_collect_returns_results_and_task_errors() -> None:
     from distributed import Client, LocalCluster
 
