@@ -7,7 +7,7 @@ the canonical stack, analysis, backend options, backend name and backend version
     QDCACHE1\\n
     {"key": ..., "sha256": ..., "size": ..., "format": "qdr2", ...}\\n
     <payload: "QDR2", the variables' structure (names, dims, dtypes, shapes, attrs) as JSON,
-     the dataset's attributes as JSON, raw array bytes>
+     the dataset's attributes (an index, then the texts raw), raw array bytes>
 
 * Writes go to a unique temporary file in the same folder, then ``os.replace``: a reader (or a
   run killed with SIGKILL) sees either no entry or a complete one, never half a file.
@@ -179,12 +179,15 @@ PAYLOAD_MAGIC = b"QDR2"
 _ALIGN = 16
 _MEMO_LIMIT = 256  # distinct dataset structures remembered (one per analysis and shape)
 
+#: (variables, array layouts (dtype, shape, offset, count), padded size, stored attributes)
+_Layout = tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int, int]], int,
+                tuple[Any, ...] | None]
+
 #: variable names -> the structure last seen with them (encoding), and structure JSON -> its
-#: layout (decoding):
-#: thousands of results of one sweep share a handful of structures, parsed once each
+#: layout (decoding): thousands of results of one sweep share a handful of structures, each
+#: built and parsed once
 _STRUCTURES: dict[tuple[Any, ...], _KnownStructure] = {}
-_LAYOUTS: dict[bytes, tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int, int]],
-                            int]] = {}
+_LAYOUTS: dict[bytes, _Layout] = {}
 
 
 def _memo_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
@@ -313,10 +316,6 @@ def encode_dataset(ds: xr.Dataset) -> bytes:
     return b"".join(parts)
 
 
-_Layout = tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int, int]], int,
-                tuple[Any, ...] | None]
-
-
 def _layout(structure: bytes) -> _Layout:
     """From a structure JSON: the variables (name, dims, coord, attrs), the array layouts
     (dtype, shape, offset, count), the padded bytes they take, and, if some variable's
@@ -352,6 +351,13 @@ def _layout(structure: bytes) -> _Layout:
 
 def decode_record(payload: bytes) -> Record:
     """The parts of an encoded dataset (ValueError if the bytes are not one)."""
+    try:
+        return _decode_record(payload)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:  # JSON of the wrong shape
+        raise ValueError(f"malformed payload ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_record(payload: bytes) -> Record:
     if payload[:4] != PAYLOAD_MAGIC:
         raise ValueError("not an encoded dataset")
     n = int.from_bytes(payload[4:12], "little")
@@ -587,7 +593,7 @@ class TaskCache:
             return None
         try:
             return decode_record(payload)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # unusable
+        except ValueError:  # checksum fine, content unusable
             self.stats.hits -= 1
             self._corrupt(key)
             return None

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel
 
 
-def canonical_dumps(value: Any) -> str:
-    """The canonical JSON text of a value: sorted keys, no spaces (what hashes are taken of)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def canonical_dumps(value: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """The canonical JSON text of a value: sorted keys, no spaces (what hashes are taken of);
+    ``default`` as for :func:`json.dumps`."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=default)
 
 
 class CachedIdentity(BaseModel):

@@ -19,6 +19,7 @@ import xarray as xr
 
 from .analyses import Analysis
 from .errors import QdcavityError
+from .identity import canonical_dumps
 from .stack import Stack
 
 # Options that steer where or how a backend runs but never change its answer.
@@ -42,7 +43,7 @@ class Task:
         "stack"})`` (``default=str`` for option values), assembled from the stack's and the
         analysis' cached canonical JSON."""
         options = {k: v for k, v in self.options.items() if k not in NON_RESULT_OPTIONS}
-        options_json = json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
+        options_json = canonical_dumps(options, default=str)
         text = (f'{{"analysis":{self.analysis.canonical_json},'
                 f'"backend":{json.dumps(self.backend)},'
                 f'"backend_version":{json.dumps(backend_version)},'

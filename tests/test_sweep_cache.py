@@ -109,6 +109,10 @@ def test_odd_text_and_malformed_payloads(refl: xr.Dataset) -> None:
     with pytest.raises(ValueError, match="malformed"):
         decode_record(payload[:24 + n] + bad_index + payload[24 + n + index_len:])
     assert m > index_len
+    odd_map = b'[["a", -1, {"__map__": 5}]]'
+    with pytest.raises(ValueError, match="malformed"):  # JSON of the wrong shape, not a crash
+        decode_record(payload[:12 + n] + (4 + len(odd_map)).to_bytes(8, "little")
+                      + len(odd_map).to_bytes(4, "little") + odd_map)
 
 
 def test_other_format_versions_are_misses_not_corruption(tmp_path: Path, refl: xr.Dataset
