@@ -239,12 +239,21 @@ def mode_profile(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _M
 # --------------------------------------------------------------------------- closed-form integrals
 
 
+def _abs2_parts(A: Any, B: Any, k: Any, d: Any) -> tuple[Any, Any]:
+    """The two parts of int_0^d |A e^{iks} + B e^{ik(d-s)}|^2 ds (Im k >= 0): the squared
+    amplitudes' ``(|A|^2 + |B|^2) int e^{-2 Im k s}`` and the cross term. Scalars or arrays
+    (broadcast); |d/ds|^2 of the same field integrates to ``|k|^2 (parts[0] - parts[1])``."""
+    ki, kr = np.imag(k), np.real(k)
+    with np.errstate(all="ignore"):
+        f = np.where(ki * d < 1e-12, d, -np.expm1(-2 * ki * d) / (2 * ki))
+    cross = 2.0 * np.exp(-ki * d) * d * np.sinc(kr * d / math.pi) * (A * np.conj(B)).real
+    return (np.abs(A) ** 2 + np.abs(B) ** 2) * f, cross
+
+
 def _int_abs2(A: complex, B: complex, k: complex, d: float) -> float:
     """int_0^d |A e^{iks} + B e^{ik(d-s)}|^2 ds (Im k >= 0)."""
-    ki, kr = k.imag, k.real
-    f = d if ki * d < 1e-12 else -math.expm1(-2 * ki * d) / (2 * ki)
-    cross = 2.0 * math.exp(-ki * d) * d * float(np.sinc(kr * d / math.pi)) * (A * np.conj(B)).real
-    return (abs(A) ** 2 + abs(B) ** 2) * f + cross
+    diagonal, cross = _abs2_parts(A, B, k, d)
+    return float(diagonal + cross)
 
 
 def _int_sq(A: complex, B: complex, k: complex, d: float) -> complex:
@@ -253,14 +262,15 @@ def _int_sq(A: complex, B: complex, k: complex, d: float) -> complex:
     return complex((A * A + B * B) * d * g[0] + 2 * A * B * d * np.exp(1j * k * d))
 
 
-def _tail_abs2(C: complex, k: complex, window: float) -> tuple[float, bool]:
-    """int_0^inf |C e^{iks}|^2 ds if Im k > 0, else int_0^window (flagged)."""
-    ki = k.imag
-    if ki > 0:
-        return abs(C) ** 2 / (2 * ki), True
-    g = -ki
-    val = window if g * window < 1e-12 else math.expm1(2 * g * window) / (2 * g)
-    return abs(C) ** 2 * val, False
+def _tail_abs2(C: Any, k: Any, window: float) -> tuple[Any, Any]:
+    """int_0^inf |C e^{iks}|^2 ds where Im k > 0 (``decays``), else int_0^window: ``(value,
+    decays)``, scalars or arrays (broadcast)."""
+    ki = np.imag(k)
+    decays = ki > 0
+    with np.errstate(all="ignore"):
+        grow = np.where(-ki * window < 1e-12, window, np.expm1(-2 * ki * window) / (-2 * ki))
+        value = np.abs(C) ** 2 * np.where(decays, 1.0 / (2 * np.where(decays, ki, 1.0)), grow)
+    return value, decays
 
 
 class Confinement(tuple):
@@ -295,7 +305,9 @@ class Confinement(tuple):
 
 def _layer_terms_many(cs: list[_Coef], window: float
                       ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
-    """:func:`_layer_terms` for several modes of one stack at once, shape (M, L+2)."""
+    """Per medium, for several modes of one stack at once (shape (M, L+2)): the integrals of
+    the field that gamma_E and gamma_P weigh, and the claddings integrated only over
+    ``window`` (non-decaying tails)."""
     ctx = cs[0].ctx
     k0, eps = ctx.k0, ctx.eps
     L = cs[0].A.size
@@ -304,26 +316,15 @@ def _layer_terms_many(cs: list[_Coef], window: float
     tm = np.array([c.tm for c in cs])[:, None]
     a2 = np.empty(kz.shape)
     d2 = np.empty(kz.shape)
-    with np.errstate(all="ignore"):
-        if L:
-            A = np.array([c.A for c in cs])
-            B = np.array([c.B for c in cs])
-            k = kz[:, 1:-1]
-            d = np.diff(cs[0].z)
-            ki, kr = k.imag, k.real
-            f = np.where(ki * d < 1e-12, d, -np.expm1(-2 * ki * d) / (2 * ki))
-            cross = 2.0 * np.exp(-ki * d) * d * np.sinc(kr * d / math.pi) * (A * np.conj(B)).real
-            aa = np.abs(A) ** 2 + np.abs(B) ** 2
-            a2[:, 1:-1] = aa * f + cross
-            d2[:, 1:-1] = np.abs(k) ** 2 * (aa * f - cross)
-        # tails: the substrate's C e^{-ik z} (z < 0) is C e^{iks}, s = -z > 0, like the top one
-        C = np.array([[c.Cs, c.Cc] for c in cs])
-        kc = kz[:, [0, -1]]
-        gi = -kc.imag
-        decays = kc.imag > 0
-        grow = np.where(gi * window < 1e-12, window, np.expm1(2 * gi * window) / (2 * gi))
-        tail = np.abs(C) ** 2 * np.where(decays, 1.0 / (2 * np.where(decays, kc.imag, 1.0)),
-                                         grow)
+    if L:
+        k = kz[:, 1:-1]
+        diagonal, cross = _abs2_parts(np.array([c.A for c in cs]), np.array([c.B for c in cs]),
+                                      k, np.diff(cs[0].z))
+        a2[:, 1:-1] = diagonal + cross
+        d2[:, 1:-1] = np.abs(k) ** 2 * (diagonal - cross)
+    # tails: the substrate's C e^{-ik z} (z < 0) is C e^{iks}, s = -z > 0, like the top one
+    kc = kz[:, [0, -1]]
+    tail, decays = _tail_abs2(np.array([[c.Cs, c.Cc] for c in cs]), kc, window)
     a2[:, [0, -1]] = tail
     d2[:, [0, -1]] = np.abs(kc) ** 2 * tail
     e_tm = (d2 / k0**2 + np.abs(neff) ** 2 * a2) / np.abs(eps) ** 2
