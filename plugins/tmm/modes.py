@@ -65,7 +65,6 @@ polarizations, sheets and layers (TE + TM of a paper stack in one search: ~2-3.5
 
 from __future__ import annotations
 
-import cmath
 import math
 import warnings
 from collections.abc import Sequence
@@ -494,19 +493,18 @@ def _accept(z: np.ndarray, L: np.ndarray, D: np.ndarray, i: np.ndarray) -> np.nd
     interval makes |h f'/f| ~ h / distance large.
     """
     h = z[i + 1] - z[i]
-    d = L[i + 1] - L[i]
-    ph = np.mod(d.imag + np.pi, 2 * np.pi) - np.pi
+    step = _wrap(L[i + 1] - L[i])
     da, db = h * D[i], h * D[i + 1]
     with np.errstate(invalid="ignore"):
-        trap = np.abs(d.real + 1j * ph - 0.5 * (da + db))
-        return ((np.abs(ph) <= _PH_MAX) & (np.abs(d.real) <= _MAG_MAX)
+        trap = np.abs(step - 0.5 * (da + db))
+        return ((np.abs(step.imag) <= _PH_MAX) & (np.abs(step.real) <= _MAG_MAX)
                 & (np.abs(da) <= _LIN_MAX) & (np.abs(db) <= _LIN_MAX) & (trap <= _TRAP_TOL))
 
 
 def _smooth(d: np.ndarray) -> np.ndarray:
     """Steps of log f small enough to unwrap: |phase| <= _PH_MAX and |log|f|| <= _MAG_MAX."""
-    ph = np.mod(d.imag + np.pi, 2 * np.pi) - np.pi
-    return (np.abs(ph) <= _PH_MAX) & (np.abs(d.real) <= _MAG_MAX) & np.isfinite(d)
+    step = _wrap(d)
+    return (np.abs(step.imag) <= _PH_MAX) & (np.abs(step.real) <= _MAG_MAX) & np.isfinite(d)
 
 
 def _refine_edges(ev: _Evaluator, edges: list[_Edge], min_len: float) -> None:
@@ -911,19 +909,14 @@ def _dedupe(zs: Sequence[complex], tol: float) -> list[complex]:
 # --------------------------------------------------------------------------- classification
 
 
-def _csqrt_sheet(w: complex, outgoing: bool) -> complex:
-    s = cmath.sqrt(w)
-    return s if outgoing or s.imag >= 0 else -s
-
-
 def _classify(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool,
               wavelength_nm: float) -> Mode:
     eps = ctx.eps
     neff = complex(neff)
     nn = neff * neff
     epsc = {"substrate": complex(eps[0]), "superstrate": complex(eps[-1])}
-    kap = {"substrate": _csqrt_sheet(epsc["substrate"] - nn, out_s),
-           "superstrate": _csqrt_sheet(epsc["superstrate"] - nn, out_c)}
+    kap = {"substrate": complex(_sqrt_sheet(np.complex128(epsc["substrate"] - nn), out_s)),
+           "superstrate": complex(_sqrt_sheet(np.complex128(epsc["superstrate"] - nn), out_c))}
     branch = {"substrate": "outgoing" if out_s else "proper",
               "superstrate": "outgoing" if out_c else "proper"}
     scale = 1e-12 * (1 + abs(neff))
