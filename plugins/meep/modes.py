@@ -347,8 +347,8 @@ def _post(stack: Stack, out, solve: Structure, pol: str, f0: float, n0: np.ndarr
                   if k.startswith(f"m{i}_")}
         neff = complex(m["kx"] / f0, -m["decay"] / (m["vg"] * f0))
         kind, branch, kz = classify(neff, n0, f0)
-        lay = m.get("layout") or meta  # each mode's cell has its own cladding padding
-        y_int = out.arrays.get(f"m{i}_y_int", out.arrays["y_int"])
+        lay = m["layout"]  # each mode's cell has its own cladding padding
+        y_int = out.arrays[f"m{i}_y_int"]
         ifs = np.array(lay["interfaces"])
         prof = _Profile(pol, fields, y_int, res, ifs, tuple(lay["inner"]), eps_media,
                         eps_iface, m["dft_kx"], window=(ifs[0] - window_um, ifs[-1] + window_um))

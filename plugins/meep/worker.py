@@ -506,7 +506,7 @@ def modes(mp, job):
     n_j = n_hi * (f_hi / f0)
     kxs = []
     while True:
-        kx = f0 * n_j / ratio ** 0.5 * (1.0 if not kxs else 1.0)
+        kx = f0 * n_j / ratio ** 0.5
         kxs.append(kx)
         if kx / f_hi <= n_lo:
             break
@@ -532,10 +532,9 @@ def modes(mp, job):
     # initial kx at f0 for each resonance: at its phase index kx / f (the secant corrects
     # the dispersion; interpolating between resonances of different scans mixed branches)
     cands = [c for c in cands if n_lo <= c[0] <= n_hi * 1.05]
-    guesses = list(cands)
-    guesses.sort(key=lambda c: -c[0])
+    cands.sort(key=lambda c: -c[0])
     merged = []
-    for c in guesses:
+    for c in cands:
         if all(abs(m[0] - c[0]) > 0.01 * c[0] for m in merged):
             merged.append(c)
     # 2. refine
@@ -563,11 +562,7 @@ def modes(mp, job):
             if exc.kind in ("diverged", "time-limit"):
                 raise
             log.append({"stage": "refine-failed", "neff_guess": c[0], "reason": str(exc)})
-    # de-duplicate (two candidates converging to one mode)
-    uniq = []
-    for r in sorted(results, key=lambda r: -r["kx"]):
-        if all(abs(r["kx"] - u["kx"]) > 2e-4 * r["kx"] for u in uniq):
-            uniq.append(r)
+    uniq = sorted(results, key=lambda r: -r["kx"])  # distinct already (checked when added)
     arrays = {"n_found": np.array(len(uniq))}
     meta_modes = []
     for i, r in enumerate(uniq):
@@ -575,11 +570,8 @@ def modes(mp, job):
             arrays[f"m{i}_{name}"] = arr
         arrays[f"m{i}_y_int"] = r["layout"].pop("y_int")
         meta_modes.append(r)
-    y_int = lay.integer_points(lay.inner_lo, lay.inner_hi)
-    arrays["y_int"] = y_int
-    return arrays, {"modes": meta_modes, "log": log, "z0": lay.z0,
-                    "interfaces": lay.interfaces.tolist(), "snap_um": lay.snap,
-                    "inner": [lay.inner_lo, lay.inner_hi], "cell_um": lay.size,
+    # each mode carries its own cell's layout; snap and cell here are the scan's
+    return arrays, {"modes": meta_modes, "log": log, "snap_um": lay.snap, "cell_um": lay.size,
                     "wall_s": time.time() - t0, "scan_kx": kxs}
 
 
