@@ -1,5 +1,6 @@
 """Shared fixtures, and the rule for tests marked ``meep``: they are skipped, with the install
-command, when ``/usr/bin/python3`` (the Meep worker's interpreter) cannot import meep."""
+command, when the Meep worker's interpreter (``QDCAVITY_MEEP_PYTHON``, else Debian's
+``/usr/bin/python3``) cannot import meep."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qdcavity.plugins.meep.runner import INSTALL_HINT, default_interpreter
 from qdcavity.stack import Stack, load_stack
 
 DATA = Path(__file__).parent / "data"
@@ -31,14 +33,13 @@ def write(tmp_path: Path):
     return _write
 
 
-MEEP_PYTHON = "/usr/bin/python3"
-
-
 @functools.cache
 def meep_importable() -> bool:
+    """Whether the interpreter the Meep backend uses (``QDCAVITY_MEEP_PYTHON``, else Debian's
+    ``/usr/bin/python3``) can import meep."""
     try:
-        return subprocess.run([MEEP_PYTHON, "-c", "import meep"], capture_output=True,
-                              timeout=60).returncode == 0
+        return subprocess.run([default_interpreter(), "-c", "import meep"],
+                              capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -46,7 +47,7 @@ def meep_importable() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     marked = [item for item in items if item.get_closest_marker("meep") is not None]
     if marked and not meep_importable():
-        skip = pytest.mark.skip(reason=f"{MEEP_PYTHON} cannot import meep (apt-get install "
-                                       "python3-meep python3-matplotlib python3-h5py)")
+        skip = pytest.mark.skip(
+            reason=f"{default_interpreter()} cannot import meep; {INSTALL_HINT}")
         for item in marked:
             item.add_marker(skip)

@@ -17,9 +17,6 @@ from qdcavity.api import solve
 from qdcavity.errors import BackendError, ConfigError, SolverError
 from qdcavity.stack import Stack, load_stack
 
-MEEP_PYTHON = "/usr/bin/python3"
-
-
 pytestmark = pytest.mark.meep  # skipped without Meep (tests/conftest.py)
 
 
@@ -141,7 +138,7 @@ def test_wall_clock_timeout_is_a_solver_error_and_kills_the_worker():
 
 def test_diverging_simulation_is_reported():
     """A non-dispersive negative permittivity makes FDTD unstable: the worker says so."""
-    from qdcavity.plugins.meep.runner import run_worker
+    from qdcavity.plugins.meep.runner import default_interpreter, run_worker
 
     struct = {"media": [{"eps_inf": 2.25, "poles": []}, {"eps_inf": -4.0, "poles": []},
                         {"eps_inf": 1.0, "poles": []}],
@@ -152,7 +149,7 @@ def test_diverging_simulation_is_reported():
            "numerics": {"resolution": 50.0, "pml": 0.5, "padding": 0.3, "decay_by": 1e-6,
                         "max_time": 400.0}}
     with pytest.raises(SolverError, match="diverged"):
-        run_worker(job, interpreter=MEEP_PYTHON, timeout_s=300, what="divergence test")
+        run_worker(job, interpreter=default_interpreter(), timeout_s=300, what="divergence test")
 
 
 # ------------------------------------------------------------------ material fits (host only)
