@@ -62,7 +62,7 @@ import numpy as np
 import xarray as xr
 
 from qdcavity.analyses import OutcouplingAnalysis
-from qdcavity.contracts import CHANNELS, REALIZATION_DESCRIPTIONS, outcoupling_dataset
+from qdcavity.contracts import REALIZATION_DESCRIPTIONS, outcoupling_dataset
 from qdcavity.errors import ConfigError, SolverError
 from qdcavity.materials import material_from_spec
 from qdcavity.stack import Stack
@@ -238,10 +238,6 @@ def _decay(x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> tuple[float, f
     return float(-slope), float(icpt)
 
 
-def _std(values: np.ndarray) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def _flux_y(ez: np.ndarray, hx: np.ndarray, dx: float) -> float:
     """Flux through a line of constant Meep y (+y = up): int Re(Ez Hx*) dx."""
     return float(np.sum((ez * np.conj(hx)).real) * dx)
@@ -406,12 +402,7 @@ def _one_wavelength(stack: Stack, analysis: OutcouplingAnalysis, opts: Mapping[s
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One worker call (plain, reference, realizations) and its measurements at ``lam``."""
     from qdcavity.plugins.tmm.fields import mode_profile
-    from qdcavity.plugins.tmm.outcoupling_tmm import (
-        half_width_deg,
-        pick_mode,
-        spontaneous_emission,
-        vsl_outputs,
-    )
+    from qdcavity.plugins.tmm.outcoupling_tmm import measured_row
 
     res = float(opts["resolution"])
     pos = stack.layer_position(stack.gain_layer)
@@ -476,37 +467,19 @@ def _one_wavelength(stack: Stack, analysis: OutcouplingAnalysis, opts: Mapping[s
     m = measure(arr, meta, mode_ez, complex(mode.neff), f0, float(n_fit[-1].real), theta,
                 opts, {"plain": float(n_fit[pos].real), "reference": n_eff}, rows)
     alpha_abs = m["alpha"]["plain" if "plain" in m["alpha"] else "reference"] * 1e4
-    a_sca, a_up = m["alpha_sca"] * 1e4, m["alpha_up"] * 1e4
-    alpha_sca, eta = float(np.mean(a_sca)), m["eta_pooled"]
     # VSL curves from Meep's g and escape; beta and the direct air share from the TMM model
-    n_lam = stack.indices([lam], zero_k=zero_k)[0]
-    tmm_mode, tmm_modes = pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
-    beta, eta_sp = spontaneous_emission(n_lam, stack.thicknesses_nm, lam, pos, analysis.positions,
-                                tmm_mode, tmm_modes)
-    g_net = m["gamma_P"] * np.asarray(analysis.gain_scan_cm) - alpha_abs - alpha_sca
-    lateral, vertical = vsl_outputs(g_net, np.asarray(analysis.stripe_length_um) * 1e-4,
-                                    beta, eta, alpha_sca, eta_sp)
-    fractions = np.zeros(len(CHANNELS))
-    fractions[CHANNELS.index("air")] = eta
-    fractions[CHANNELS.index("substrate")] = m["substrate_pooled"]
-    fractions[CHANNELS.index("waveguide")] = 1.0 - eta - m["substrate_pooled"]
-    row = {
-        "neff": m["neff"], "gamma_P": m["gamma_P"], "alpha_abs_cm": alpha_abs,
-        "alpha_sca_cm": alpha_sca, "net_gain_cm": g_net, "escape_fraction": eta,
-        "scattered_fraction": fractions, "beta": beta, "spontaneous_air_fraction": eta_sp,
-        "angular_pattern": m["far_field"], "half_width_deg": half_width_deg(m["far_field"], theta),
-        "lateral_output": lateral, "vertical_output": vertical,
-        "material_gain_nominal_cm": analysis.gain_at(lam),
-        "alpha_sca_cm_std": _std(a_sca), "escape_fraction_std": _std(m["eta"]),
-        "alpha_up_cm": float(np.mean(a_up)), "alpha_up_cm_std": _std(a_up),
+    row = measured_row(stack, analysis, lam, theta, neff=m["neff"], gamma_p=m["gamma_P"],
+                       alpha_abs_cm=alpha_abs, alpha_sca_cm=m["alpha_sca"] * 1e4,
+                       alpha_up_cm=m["alpha_up"] * 1e4, escape=m["eta"],
+                       escape_pooled=m["eta_pooled"], far_field=m["far_field"],
+                       substrate_fraction=m["substrate_pooled"])
+    row.update({
         "alpha_down_cm": float(np.mean(m["alpha_down"])) * 1e4,
         "alpha_abs_effective_cm": m["alpha"]["reference"] * 1e4,
         "area_fraction_realized": float(np.mean(arr["f_realized"])),
         "flux_check": m["flux_check"], "top_check": m["top_check"],
-        "alpha_sca_cm_realizations": a_sca, "alpha_up_cm_realizations": a_up,
         "alpha_down_cm_realizations": m["alpha_down"] * 1e4,
-        "escape_fraction_realizations": m["eta"],
-    }
+    })
     meta_out = {"wavelength_nm": lam, "wall_s": result.wall_s, "runs": meta["runs"],
                 "cell_um": meta["cell_um"], "pixels": [meta["pixels_x"], meta["pixels_y"]],
                 "cylinders": count, "eps_eff": meta["eps_eff"], "fits": struct.fits,

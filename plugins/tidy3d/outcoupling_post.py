@@ -37,7 +37,7 @@ import xarray as xr
 
 from qdcavity import contracts
 from qdcavity.analyses import OutcouplingAnalysis
-from qdcavity.contracts import CHANNELS, REALIZATION_DESCRIPTIONS
+from qdcavity.contracts import REALIZATION_DESCRIPTIONS
 from qdcavity.errors import SolverError
 from qdcavity.stack import Stack
 
@@ -162,51 +162,22 @@ SOURCES = {
 }
 
 
-def _std(values: np.ndarray) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def _row(stack: Stack, analysis: OutcouplingAnalysis, plan: WavelengthPlan,
          m: dict[str, Any], theta: np.ndarray) -> dict[str, Any]:
-    from qdcavity.plugins.tmm.outcoupling_tmm import (
-        half_width_deg,
-        pick_mode,
-        spontaneous_emission,
-        vsl_outputs,
-    )
+    from qdcavity.plugins.tmm.outcoupling_tmm import measured_row
 
-    lam = plan.wavelength_nm
     plain = plan.local["plain"]
-    a_sca, a_up = m["alpha_sca"] * 1e4, m["alpha_up"] * 1e4
-    alpha_sca, eta = float(np.mean(a_sca)), m["eta_pooled"]
-    zero_k = [stack.gain_layer] if analysis.gain_layer_k == "bleached" else []
-    n_lam = stack.indices([lam], zero_k=zero_k)[0]
-    pos = stack.layer_position(stack.gain_layer)
-    tmm_mode, tmm_modes = pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
-    beta, eta_sp = spontaneous_emission(n_lam, stack.thicknesses_nm, lam, pos, analysis.positions,
-                                tmm_mode, tmm_modes)
-    g_net = plain["gamma_P"] * np.asarray(analysis.gain_scan_cm) - plain["alpha_cm"] - alpha_sca
-    lateral, vertical = vsl_outputs(g_net, np.asarray(analysis.stripe_length_um) * 1e-4,
-                                    beta, eta, alpha_sca, eta_sp)
-    fractions = np.zeros(len(CHANNELS))
-    fractions[CHANNELS.index("air")] = eta
-    fractions[CHANNELS.index("waveguide")] = 1.0 - eta
-    return {
-        "neff": plain["neff"], "gamma_P": plain["gamma_P"], "alpha_abs_cm": plain["alpha_cm"],
-        "alpha_sca_cm": alpha_sca, "net_gain_cm": g_net, "escape_fraction": eta,
-        "scattered_fraction": fractions, "beta": beta, "spontaneous_air_fraction": eta_sp,
-        "angular_pattern": m["far_field"],
-        "half_width_deg": half_width_deg(m["far_field"], theta),
-        "lateral_output": lateral, "vertical_output": vertical,
-        "material_gain_nominal_cm": analysis.gain_at(lam),
-        "alpha_sca_cm_std": _std(a_sca), "escape_fraction_std": _std(m["eta"]),
-        "alpha_up_cm": float(np.mean(a_up)), "alpha_up_cm_std": _std(a_up),
+    row = measured_row(stack, analysis, plan.wavelength_nm, theta, neff=plain["neff"],
+                       gamma_p=plain["gamma_P"], alpha_abs_cm=plain["alpha_cm"],
+                       alpha_sca_cm=m["alpha_sca"] * 1e4, alpha_up_cm=m["alpha_up"] * 1e4,
+                       escape=m["eta"], escape_pooled=m["eta_pooled"],
+                       far_field=m["far_field"])
+    row.update({
         "alpha_abs_effective_cm": m["alpha_ref"] * 1e4,
         "area_fraction_realized": plan.fraction_realized, "decay_check": m["decay_check"],
         "neff_fdtd_reference": m["neff_fdtd"].real,
-        "alpha_sca_cm_realizations": a_sca, "alpha_up_cm_realizations": a_up,
-        "escape_fraction_realizations": m["eta"],
-    }
+    })
+    return row
 
 
 def outcoupling_dataset(stack: Stack, analysis: OutcouplingAnalysis,

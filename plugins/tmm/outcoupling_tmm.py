@@ -51,6 +51,8 @@ Model (semi-analytic, documented in docs/outcoupling.md):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
 
@@ -284,6 +286,47 @@ def vsl_outputs(g: np.ndarray, length_cm: np.ndarray, beta: float, eta: float, a
     lateral = beta * grow
     vertical = eta * alpha_sca * beta * excess + eta_sp * L
     return lateral, vertical
+
+
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def measured_row(stack: Stack, analysis: OutcouplingAnalysis, lam: float, theta: np.ndarray, *,
+                 neff: complex, gamma_p: float, alpha_abs_cm: float, alpha_sca_cm: np.ndarray,
+                 alpha_up_cm: np.ndarray, escape: np.ndarray, escape_pooled: float,
+                 far_field: np.ndarray, substrate_fraction: float = 0.0) -> dict[str, Any]:
+    """One wavelength's outcoupling quantities from a simulation of scatterer realizations
+    (Meep, Tidy3D FDTD): its measured mode (``neff``, ``gamma_p``, ``alpha_abs_cm``), the
+    per-realization ``alpha_sca_cm``, ``alpha_up_cm`` and ``escape`` fraction, the pooled
+    escape and far field; beta and the direct air share of spontaneous emission come from this
+    TMM model. Backends add their own extra variables to the returned row."""
+    zero_k = [stack.gain_layer] if analysis.gain_layer_k == "bleached" else []
+    n_lam = stack.indices([lam], zero_k=zero_k)[0]
+    pos = stack.layer_position(stack.gain_layer)
+    tmm_mode, tmm_modes = pick_mode(n_lam, stack.thicknesses_nm, lam, analysis.mode)
+    beta, eta_sp = spontaneous_emission(n_lam, stack.thicknesses_nm, lam, pos,
+                                        analysis.positions, tmm_mode, tmm_modes)
+    alpha_sca = float(np.mean(alpha_sca_cm))
+    g_net = gamma_p * np.asarray(analysis.gain_scan_cm) - alpha_abs_cm - alpha_sca
+    lateral, vertical = vsl_outputs(g_net, np.asarray(analysis.stripe_length_um) * 1e-4,
+                                    beta, escape_pooled, alpha_sca, eta_sp)
+    fractions = np.zeros(len(CHANNELS))
+    fractions[CHANNELS.index("air")] = escape_pooled
+    fractions[CHANNELS.index("substrate")] = substrate_fraction
+    fractions[CHANNELS.index("waveguide")] = 1.0 - escape_pooled - substrate_fraction
+    return {
+        "neff": neff, "gamma_P": gamma_p, "alpha_abs_cm": alpha_abs_cm,
+        "alpha_sca_cm": alpha_sca, "net_gain_cm": g_net, "escape_fraction": escape_pooled,
+        "scattered_fraction": fractions, "beta": beta, "spontaneous_air_fraction": eta_sp,
+        "angular_pattern": far_field, "half_width_deg": half_width_deg(far_field, theta),
+        "lateral_output": lateral, "vertical_output": vertical,
+        "material_gain_nominal_cm": analysis.gain_at(lam),
+        "alpha_sca_cm_std": _std(alpha_sca_cm), "escape_fraction_std": _std(escape),
+        "alpha_up_cm": float(np.mean(alpha_up_cm)), "alpha_up_cm_std": _std(alpha_up_cm),
+        "alpha_sca_cm_realizations": alpha_sca_cm, "alpha_up_cm_realizations": alpha_up_cm,
+        "escape_fraction_realizations": escape,
+    }
 
 
 def solve_outcoupling(stack: Stack, analysis: OutcouplingAnalysis) -> xr.Dataset:
