@@ -106,9 +106,25 @@ def test_study_runs_inside_slurm_jobs(slurm: Path, tmp_path: Path) -> None:
     xr.testing.assert_identical(ds.drop_attrs(), ref.drop_attrs())
     logs = list((tmp_path / "slurm-logs").glob("*.err"))
     assert logs, "dask-jobqueue job logs missing"
-    # the jobs are cancelled when the run ends
-    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
-    assert not (set(queue.stdout.split()) & rep.slurm_job_ids)
+    # the jobs are cancelled when the run ends: none is pending or running any more at once
+    # (a cancelled job may show as completing, CG, while slurmd cleans up), and they leave
+    # the queue soon after
+    assert not (_queued_jobs(live_only=True) & rep.slurm_job_ids)
+    deadline = time.monotonic() + 30
+    while _queued_jobs() & rep.slurm_job_ids and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not (_queued_jobs() & rep.slurm_job_ids)
+
+
+def _queued_jobs(live_only: bool = False) -> set[str]:
+    """Job ids in the queue; ``live_only``: those pending, running or otherwise able to bring
+    a worker (qdcavity's own definition), not those completing."""
+    from qdcavity.executors import _LIVE_JOB_STATES
+
+    out = subprocess.run(["squeue", "-h", "-o", "%i %t"], capture_output=True, text=True,
+                         check=True).stdout
+    return {job for job, state in (line.split() for line in out.splitlines())
+            if not live_only or state in _LIVE_JOB_STATES}
 
 
 def test_rejected_submission_is_one_error_and_keeps_the_cache(slurm: Path, tmp_path: Path
