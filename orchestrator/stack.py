@@ -101,6 +101,22 @@ class Layer(CachedIdentity):
         return float(v)
 
 
+_RESIZED: dict[tuple[str, float], Layer] = {}
+
+
+def _resized(layer: Layer, thickness_nm: float) -> Layer:
+    """``layer`` with another thickness, one object per (layer, thickness): the points of a
+    sweep grid share their layers, and each layer's canonical JSON is built once."""
+    memo_key = (layer.canonical_json, thickness_nm)
+    found = _RESIZED.get(memo_key)
+    if found is None:
+        if len(_RESIZED) >= 4096:
+            _RESIZED.clear()
+        found = _RESIZED[memo_key] = Layer.model_construct(
+            name=layer.name, material=layer.material, thickness_nm=thickness_nm)
+    return found
+
+
 class Stack(CachedIdentity):
     """A planar multilayer. Build it with :func:`load_stack` or :meth:`from_dict`."""
 
@@ -215,10 +231,8 @@ class Stack(CachedIdentity):
                 thickness[head] = Layer._thickness(value)
             except ValueError:
                 return None  # the general path reports it, naming the field
-        layers = tuple(
-            Layer.model_construct(name=la.name, material=la.material,
-                                  thickness_nm=thickness[la.name])
-            if la.name in thickness else la for la in self.layers)
+        layers = tuple(_resized(la, thickness[la.name]) if la.name in thickness else la
+                       for la in self.layers)
         fields = {name: getattr(self, name) for name in type(self).model_fields}
         return Stack.model_construct(**{**fields, "layers": layers})
 
