@@ -136,41 +136,55 @@ def _stack_fast(records: list[Record | None]) -> xr.Dataset | None:
     """
     ok = [r for r in records if r is not None]
     template = ok[0]
-    sig = [(v["name"], tuple(v["dims"]), v["coord"], a.dtype, a.shape)
-           for v, a in zip(template.variables, template.arrays, strict=True)]
-    coord_idx = [j for j, v in enumerate(template.variables) if v["coord"]]
+    sig = _signature(template)
+    coords = {j: (template.arrays[j], template.arrays[j].tobytes())
+              for j, v in enumerate(template.variables) if v["coord"]}
     for rec in ok[1:]:
-        if len(rec.variables) != len(sig):
+        # records decoded from the same structure share its variable list: same names, dims,
+        # flags and attributes; dtypes and shapes then follow from that structure too
+        if rec.variables is not template.variables and _signature(rec) != sig:
             return None
-        for j, (v, a) in enumerate(zip(rec.variables, rec.arrays, strict=True)):
-            if (v["name"], tuple(v["dims"]), v["coord"], a.dtype, a.shape) != sig[j] \
-                    or v["attrs"] != template.variables[j]["attrs"]:
-                return None
-        for j in coord_idx:
-            if not np.array_equal(rec.arrays[j], template.arrays[j]):
+        for j, (arr0, raw0) in coords.items():
+            arr = rec.arrays[j]
+            if arr.tobytes() != raw0 and not np.array_equal(arr, arr0):
                 return None
     n = len(records)
-    data_vars, coords = {}, {}
+    data_vars, coords_out = {}, {}
     for j, v in enumerate(template.variables):
         arr0 = template.arrays[j]
         if v["coord"]:
-            coords[v["name"]] = xr.Variable(v["dims"], np.array(arr0), attrs=dict(v["attrs"]))
+            coords_out[v["name"]] = xr.Variable(v["dims"], np.array(arr0),
+                                                attrs=dict(v["attrs"]))
             continue
         out = np.full((n, *arr0.shape), _fill(arr0.dtype), dtype=arr0.dtype)
         for i, rec in enumerate(records):
             if rec is not None:
                 out[i] = rec.arrays[j]
         data_vars[v["name"]] = xr.Variable(("point", *v["dims"]), out, attrs=dict(v["attrs"]))
-    attrs = {}
-    for key, value in template.attrs.items():  # drop the attributes that differ between points
-        if all(_same(rec.attrs.get(key, _MISSING), value) for rec in ok[1:]):
-            attrs[key] = value
-    for rec in ok[1:]:
+    return xr.Dataset(data_vars, coords=coords_out, attrs=_common_attrs(ok))
+
+
+def _signature(rec: Record) -> list[tuple[Any, ...]]:
+    return [(v["name"], tuple(v["dims"]), v["coord"], v["attrs"], a.dtype, a.shape)
+            for v, a in zip(rec.variables, rec.arrays, strict=True)]
+
+
+def _common_attrs(records: list[Record]) -> dict[str, Any]:
+    """The attributes every record that has them agrees on (others differ between points)."""
+    candidates: dict[str, Any] = {}
+    for rec in records:
         for key, value in rec.attrs.items():
-            if key not in template.attrs and key not in attrs:
-                if all(_same(r.attrs.get(key, _MISSING), value) for r in ok):
-                    attrs[key] = value
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+            candidates.setdefault(key, value)
+    keep = {}
+    for key, value in candidates.items():
+        if type(value) is str:  # the usual case: a plain comparison, no numpy
+            same = all(type(v) is str and v == value for v in
+                       (r.attrs.get(key, value) for r in records))
+            if same or all(_same(r.attrs.get(key, _MISSING), value) for r in records):
+                keep[key] = value
+        elif all(_same(r.attrs.get(key, _MISSING), value) for r in records):
+            keep[key] = value
+    return keep
 
 
 def _same(a: Any, b: Any) -> bool:
