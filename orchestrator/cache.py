@@ -305,6 +305,26 @@ def encode_dataset(ds: xr.Dataset) -> bytes:
     the dataset's attributes, so the thousands of results of a sweep, which differ only in
     data and attributes, share one structure text, built and parsed once per process.
     """
+    return _encode(ds)[0]
+
+
+def encode_record(ds: xr.Dataset) -> tuple[bytes, Record]:
+    """The payload of a dataset and the :class:`Record` that decoding it would give (the
+    attributes as their JSON round trip makes them), without decoding it: for results that
+    stay in this process."""
+    payload, arrays, structure = _encode(ds)
+    variables, layout, _, stored = _layout(structure)
+    if stored is not None:
+        variables = [{**v, "attrs": _from_json(raw)} for v, raw in zip(variables, stored,
+                                                                        strict=True)]
+    attrs = {str(k): v if type(v) is str else _from_json(json.loads(json.dumps(_json_value(v))))
+             for k, v in ds.attrs.items()}
+    arrays = [arr.reshape(shape) if arr.dtype == dtype else arr.astype(dtype).reshape(shape)
+              for arr, (dtype, shape, _, _) in zip(arrays, layout, strict=True)]
+    return payload, Record(attrs, variables, arrays)
+
+
+def _encode(ds: xr.Dataset) -> tuple[bytes, list[np.ndarray], bytes]:
     arrays = _arrays(ds)
     structure = _structure(ds, arrays)
     attrs = _encode_attrs(ds.attrs)
@@ -313,7 +333,7 @@ def encode_dataset(ds: xr.Dataset) -> bytes:
     parts = [head, b"\0" * (-len(head) % _ALIGN)]
     for arr in arrays:
         parts += [arr.tobytes(), b"\0" * (-arr.nbytes % _ALIGN)]
-    return b"".join(parts)
+    return b"".join(parts), arrays, structure
 
 
 def _layout(structure: bytes) -> _Layout:

@@ -42,7 +42,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import CacheError, Record, TaskCache, decode_dataset, decode_record, encode_dataset
+from .cache import (
+    CacheError,
+    Record,
+    TaskCache,
+    decode_dataset,
+    decode_record,
+    encode_dataset,
+    encode_record,
+)
 from .errors import ConfigError, QdcavityError
 from .progress import NullProgress, SweepProgress
 from .tasks import Task, TaskResult, run_task
@@ -157,7 +165,8 @@ ENCODE_CHUNK = 16
 
 
 def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
-              cache: tuple[str, str, float] | None = None) -> dict[str, Any]:
+              cache: tuple[str, str, float] | None = None, records: bool = False
+              ) -> dict[str, Any]:
     """Run tasks one after the other (on a worker); never raises for a task's own error.
 
     Each result carries its dataset encoded (``payload``; the dataset itself if it cannot be
@@ -165,7 +174,8 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
     cluster, a shared file system under SLURM), finished tasks are also written to the cache
     right here (``written``), grouped into one pack file per ``flush_s`` seconds of work (a
     task that takes longer is written alone as soon as it is done); otherwise the client
-    writes them.
+    writes them. ``records=True`` (the batch runs in the client's process): each result also
+    carries the :class:`~qdcavity.cache.Record` its payload decodes to (``record``).
 
     Datasets are encoded at those flushes, not after each solve: encoding a few hundred
     results back to back costs about 40 % less per result than interleaving it with
@@ -185,7 +195,11 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
     def encode() -> None:
         for j, ds in unencoded:
             try:
-                out[j]["payload"] = payload = encode_dataset(ds)
+                if records:
+                    payload, out[j]["record"] = encode_record(ds)
+                else:
+                    payload = encode_dataset(ds)
+                out[j]["payload"] = payload
             except CacheError:
                 out[j]["dataset"] = ds  # sent as it is; the client decides what to do
                 continue
@@ -273,7 +287,7 @@ class InlinePool:
     def wait(self, handles: Any, timeout: float) -> list[tuple[Any, Any]]:
         handle, args = self._queue.popleft()
         try:
-            return [(handle, run_batch(*args))]
+            return [(handle, run_batch(*args, records=True))]
         except Exception as exc:  # noqa: BLE001  e.g. an encoding bug: fail the batch only
             return [(handle, exc)]
 
@@ -766,7 +780,11 @@ class Driver:
                 meta = {"backend": self.tasks[self.by_key[key][0]].backend,
                         "seconds": round(item["seconds"], 6), "by": _where()}
                 self._unwritten.append((key, payload, meta))
-            ds = decode_record(payload) if self.raw else decode_dataset(payload)
+            record = item.get("record")
+            if record is not None:  # computed in this process: no need to decode
+                ds = record if self.raw else record.to_dataset()
+            else:
+                ds = decode_record(payload) if self.raw else decode_dataset(payload)
         self._set(key, "ok", ds, seconds=item["seconds"])
         self.report.n_computed += n
         return n, 0
