@@ -16,8 +16,9 @@ The driver (:func:`execute`) is the same for every executor:
   grouped by the hundred; a Meep task that takes seconds runs alone), never so large that a
   worker would be left idle at the end.
 
-Workers run :func:`run_batch`, which encodes each dataset for the cache itself (the client at
-most writes bytes and decodes them), so the client stays light at thousands of tasks a second.
+Workers run :func:`qdcavity.batches.run_batch`, which encodes each dataset for the cache itself
+(the client at most writes bytes and decodes them), so the client stays light at thousands of
+tasks a second.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import math
 import os
 import queue
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,23 +40,13 @@ from concurrent.futures import CancelledError
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .cache import (
-    CacheError,
-    Record,
-    TaskCache,
-    decode_dataset,
-    decode_record,
-    encode_dataset,
-    encode_record,
-)
+from .batches import run_batch, sweep_gc, worker_identity
+from .cache import Record, TaskCache, decode_dataset, decode_record
 from .errors import ConfigError, QdcavityError
 from .progress import NullProgress, SweepProgress
-from .tasks import Task, TaskResult, run_task
-
-if TYPE_CHECKING:
-    import xarray as xr
+from .tasks import Task, TaskResult
 
 KINDS = ("inprocess", "local", "address", "slurm")
 JOBQUEUE_CONFIG_ENV = "QDCAVITY_JOBQUEUE_CONFIG"
@@ -151,92 +141,6 @@ class Report:
 
     def as_attr(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
-
-
-# ---------------------------------------------------------------- worker side
-
-def _where() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-
-
-#: results encoded back to back (see run_batch)
-ENCODE_CHUNK = 16
-
-
-def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
-              cache: tuple[str, str, float] | None = None, records: bool = False
-              ) -> dict[str, Any]:
-    """Run tasks one after the other (on a worker); never raises for a task's own error.
-
-    Each result carries its dataset encoded (``payload``; the dataset itself if it cannot be
-    encoded). With ``cache = (folder, token, flush_s)`` and that folder visible here (a local
-    cluster, a shared file system under SLURM), finished tasks are also written to the cache
-    right here (``written``), grouped into one pack file per ``flush_s`` seconds of work (a
-    task that takes longer is written alone as soon as it is done); otherwise the client
-    writes them. ``records=True`` (the batch runs in the client's process): each result also
-    carries the :class:`~qdcavity.cache.Record` its payload decodes to (``record``).
-
-    Datasets are encoded at those flushes, not after each solve: encoding a few hundred
-    results back to back costs about 40 % less per result than interleaving it with
-    millisecond solves, which leave the processor's caches cold for it.
-    """
-    from .registry import default_registry
-
-    default_registry()  # plugin loading is start-up cost, not solver time
-    store = TaskCache.if_shared(*cache[:2]) if cache and keys else None
-    flush_s = cache[2] if cache else 0.0
-    where = _where()
-    out: list[dict[str, Any]] = []
-    unencoded: list[tuple[int, xr.Dataset]] = []  # (index in out, dataset)
-    unwritten: list[tuple[int, tuple[str, bytes, dict[str, Any]]]] = []
-    last_flush = time.perf_counter()
-
-    def encode() -> None:
-        for j, ds in unencoded:
-            try:
-                if records:
-                    payload, out[j]["record"] = encode_record(ds)
-                else:
-                    payload = encode_dataset(ds)
-                out[j]["payload"] = payload
-            except CacheError:
-                out[j]["dataset"] = ds  # sent as it is; the client decides what to do
-                continue
-            if store is not None:
-                meta = {"backend": tasks[j].backend, "seconds": round(out[j]["seconds"], 6),
-                        "by": where}
-                unwritten.append((j, (keys[j], payload, meta)))
-        unencoded.clear()
-
-    def flush() -> None:
-        nonlocal store, last_flush
-        encode()
-        if store is not None and unwritten:
-            try:
-                store.put_many([item for _, item in unwritten])
-                for j, _ in unwritten:
-                    out[j]["written"] = True
-            except OSError:
-                store = None  # the client writes what is left
-        unwritten.clear()
-        last_flush = time.perf_counter()
-
-    for task in tasks:
-        cpu0 = time.process_time()
-        res = run_task(task)
-        cpu = time.process_time() - cpu0
-        out.append({"index": res.index, "status": res.status, "error": res.error,
-                    "seconds": res.seconds, "cpu_seconds": cpu, "transient": res.transient,
-                    "payload": None, "dataset": None, "written": False})
-        if res.dataset is not None:
-            unencoded.append((len(out) - 1, res.dataset))
-        if store is not None and time.perf_counter() - last_flush >= flush_s:
-            flush()
-        elif len(unencoded) >= ENCODE_CHUNK:
-            encode()
-    flush()
-    return {"where": where, "results": out}
 
 
 # ---------------------------------------------------------------- pools
@@ -778,7 +682,7 @@ class Driver:
                 self.report.n_written_by_workers += n
             elif self.cache is not None:
                 meta = {"backend": self.tasks[self.by_key[key][0]].backend,
-                        "seconds": round(item["seconds"], 6), "by": _where()}
+                        "seconds": round(item["seconds"], 6), "by": worker_identity()}
                 self._unwritten.append((key, payload, meta))
             record = item.get("record")
             if record is not None:  # computed in this process: no need to decode
@@ -938,5 +842,6 @@ def execute(tasks: Sequence[Task], keys: Sequence[str], cache: TaskCache | None,
     :func:`qdcavity.runner.combine` works from, fast for large sweeps).
     """
     driver = Driver(tasks, keys, cache, cfg, progress, raw=raw)
-    results = driver.run()
+    with sweep_gc():
+        results = driver.run()
     return results, driver.report

@@ -1,0 +1,161 @@
+"""The worker side of a sweep (run_batch) and the fast paths that keep large sweeps cheap:
+records handed over without decoding, grouped encoding, the garbage-collector setting, shared
+resized layers, and the numpy combine of many records."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import qdcavity.batches as batches
+from qdcavity.analyses import make_analysis
+from qdcavity.batches import ENCODE_CHUNK, run_batch, sweep_gc
+from qdcavity.cache import Record, TaskCache, decode_record, encode_dataset, encode_record
+from qdcavity.runner import _stack_fast, expand, task_keys
+from qdcavity.stack import Stack, load_stack
+from qdcavity.study import Study
+from qdcavity.tasks import Task, TaskResult
+
+
+def sweep_tasks(n_izo: int, n_qd: int) -> list[Task]:
+    study = Study(name="t", stack="TE-DIZO",
+                  analyses=[{"kind": "reflectance", "wavelength_nm": [600, 630]}],
+                  sweep={"axes": {"IZO_top.thickness_nm": [60.0 + i for i in range(n_izo)],
+                                  "QD.thickness_nm": [20.0 + i for i in range(n_qd)]}})
+    return expand(study)
+
+
+def odd_dataset() -> xr.Dataset:
+    return xr.Dataset({"v": ("x", np.array([1.0, 2.0]), {"arr": np.arange(3), "u": "1"})},
+                      coords={"x": [0.5, 1.5]},
+                      attrs={"text": "a\ud800b", "n": np.int32(3), "t": (1, 2.5, "z"),
+                             "m": {"k": np.float32(1.5)}, 7: "int key"})
+
+
+def same_record(a: Record, b: Record) -> bool:
+    return (a.attrs.keys() == b.attrs.keys()
+            and all(type(a.attrs[k]) is type(b.attrs[k]) and repr(a.attrs[k]) == repr(b.attrs[k])
+                    for k in a.attrs)
+            and repr(a.variables) == repr(b.variables)
+            and all(x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+                    for x, y in zip(a.arrays, b.arrays, strict=True)))
+
+
+def test_encode_record_gives_what_decoding_gives() -> None:
+    tasks = sweep_tasks(1, 1)
+    from qdcavity.tasks import run_task
+
+    for ds in (run_task(tasks[0]).dataset, odd_dataset()):
+        payload, record = encode_record(ds)
+        assert payload == encode_dataset(ds)
+        assert same_record(record, decode_record(payload))
+    # lists among the attributes are the record's own (not shared with later records)
+    _, r1 = encode_record(odd_dataset())
+    _, r2 = encode_record(odd_dataset())
+    r1.attrs["t"].append("x")
+    assert r2.attrs["t"] == [1, 2.5, "z"]
+
+
+def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) -> None:
+    tasks = sweep_tasks(ENCODE_CHUNK + 3, 2)  # more than one encoding group
+    keys = task_keys(tasks)
+    cache = TaskCache(tmp_path)
+    out = run_batch(tasks, keys, (str(cache.root), cache.token(), 60.0), records=True)
+    items = out["results"]
+    assert [it["index"] for it in items] == [t.index for t in tasks]
+    assert all(it["status"] == "ok" and it["written"] for it in items)
+    assert len(list((tmp_path / "packs").iterdir())) == 1  # one pack for the whole batch
+    reader = TaskCache(tmp_path)
+    for key, item in zip(keys, items, strict=True):
+        assert item["payload"] == reader.get_payload(key)
+        assert same_record(item["record"], decode_record(item["payload"]))
+    plain = run_batch(tasks[:3])  # no cache, not in-process: payloads only
+    assert all(it["payload"] and "record" not in it and not it["written"]
+               for it in plain["results"])
+
+
+def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    tasks = sweep_tasks(3, 1)
+    real = batches.run_task
+
+    def run_task(task: Task) -> TaskResult:
+        res = real(task)
+        if task.index == 1:
+            res.dataset.attrs["bad"] = {1, 2}  # a set: not storable
+        return res
+
+    monkeypatch.setattr(batches, "run_task", run_task)
+    items = run_batch(tasks, records=True)["results"]
+    assert items[1]["payload"] is None and isinstance(items[1]["dataset"], xr.Dataset)
+    assert items[0]["payload"] and items[2]["payload"] and items[0]["dataset"] is None
+
+
+def test_sweep_gc_raises_the_threshold_and_restores_it() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), sweep_gc():
+        assert gc.get_threshold()[0] >= batches.SWEEP_GC_THRESHOLD
+        assert gc.get_threshold()[1:] == before[1:]
+        raise RuntimeError
+    assert gc.get_threshold() == before
+
+
+def test_grid_points_share_resized_layers_with_unchanged_identity() -> None:
+    base = load_stack("TE-DIZO")
+    a = base.with_overrides({"QD.thickness_nm": 33.0, "IZO_top.thickness_nm": 90.0})
+    b = base.with_overrides({"QD.thickness_nm": 33.0, "IZO_top.thickness_nm": 91.0})
+    qd = base.layer_names.index("QD")
+    assert a.layers[qd] is b.layers[qd]
+    # the same stack validated from scratch has the same canonical JSON and hash
+    data = base.model_dump()
+    for layer in data["layers"]:
+        layer["thickness_nm"] = {"QD": 33.0, "IZO_top": 90.0}.get(layer["name"],
+                                                                  layer["thickness_nm"])
+    fresh = Stack.from_dict(data)
+    assert a.canonical_json == fresh.canonical_json and a.content_hash == fresh.content_hash
+    assert a == fresh
+
+
+def record(value: float, coord: list[float], attrs: dict) -> Record:
+    ds = xr.Dataset({"R": ("w", np.array([value, value + 1]))}, coords={"w": coord},
+                    attrs=attrs)
+    return decode_record(encode_dataset(ds))
+
+
+def test_numpy_combine_of_records() -> None:
+    recs = [record(0.1, [1.0, 2.0], {"same": "x", "point": "a", "arr": np.arange(2)}),
+            None,  # a failed point
+            record(0.2, [1.0, 2.0], {"same": "x", "point": "b", "arr": np.arange(2)}),
+            record(0.3, [1.0, 2.0], {"same": "x", "arr": np.arange(2), "late": "y"})]
+    ds = _stack_fast(recs)
+    assert ds is not None
+    np.testing.assert_array_equal(ds.R.values[[0, 2, 3]], [[0.1, 1.1], [0.2, 1.2],
+                                                           [0.3, 1.3]])
+    assert np.isnan(ds.R.values[1]).all()
+    # kept: agreed on by every point that has it; dropped: differs between points
+    assert ds.attrs["same"] == "x" and ds.attrs["late"] == "y" and "point" not in ds.attrs
+    np.testing.assert_array_equal(ds.attrs["arr"], np.arange(2))
+    # a coordinate that differs in value (not only in its bytes) needs xarray's concat
+    assert _stack_fast([recs[0], record(0.2, [1.0, 2.5], {})]) is None
+    assert _stack_fast([record(0.1, [0.0, 2.0], {}), record(0.2, [-0.0, 2.0], {})]) is not None
+    # a record built from a dataset (its own variable list) is checked field by field
+    other = Record.from_dataset(xr.Dataset({"R": ("v", [1.0, 2.0])}, coords={"v": [1.0, 2.0]}))
+    assert _stack_fast([recs[0], other]) is None
+
+
+def test_task_keys_unchanged_by_shared_layers() -> None:
+    """A key assembled from shared, memoized layers equals the documented formula."""
+    import json
+
+    task = sweep_tasks(2, 2)[3]
+    text = json.dumps({"analysis": task.analysis.canonical(), "backend": "tmm",
+                       "backend_version": "9", "options": {},
+                       "stack": task.stack.canonical()}, sort_keys=True, separators=(",", ":"))
+    assert task.key("9") == hashlib.sha256(text.encode()).hexdigest()
+    assert make_analysis("reflectance", wavelength_nm=[600, 630]).canonical_json == \
+        task.analysis.canonical_json
