@@ -438,14 +438,23 @@ def unpack(key: str, blob: bytes) -> tuple[dict[str, Any], bytes]:
 
 def pack_many(items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]) -> bytes:
     """The bytes of one pack file: a header listing every entry, then the payloads."""
+    return _pack_many(items)[0]
+
+
+def _pack_many(items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]
+               ) -> tuple[bytes, list[tuple[str, int, int, str]]]:
+    """A pack file's bytes and its entries (key, offset from the start of the file, size,
+    SHA-256), as :func:`read_pack_header` would read them back."""
     entries, offset = [], 0
     for key, payload, meta in items:
         entries.append({**(meta or {}), "key": key, "offset": offset, "size": len(payload),
                         "sha256": hashlib.sha256(payload).hexdigest()})
         offset += len(payload)
-    header = json.dumps({"format": FORMAT, "created": time.time(), "entries": entries},
-                        sort_keys=True).encode()
-    return PACK_MAGIC + header + b"\n" + b"".join(payload for _, payload, _ in items)
+    header = json.dumps({"format": FORMAT, "created": time.time(), "entries": entries}).encode()
+    base = len(PACK_MAGIC) + len(header) + 1
+    index = [(e["key"], base + e["offset"], e["size"], e["sha256"]) for e in entries]
+    blob = PACK_MAGIC + header + b"\n" + b"".join(payload for _, payload, _ in items)
+    return blob, index
 
 
 @dataclass(frozen=True)
@@ -643,12 +652,13 @@ class TaskCache:
             folder.mkdir(exist_ok=True)
             self._dirs.add(folder)
         path = folder / f"{time.time_ns():020d}-{os.urandom(6).hex()}{PACK_SUFFIX}"
-        self._write_atomic(path, pack_many(items))
+        blob, index = _pack_many(items)
+        self._write_atomic(path, blob)
         self.stats.writes += len(items)
         if self._packs is not None:
             self._packs_seen.add(path.name)
-            for key, entry in read_pack_header(path):
-                self._packs.setdefault(key, []).append(entry)
+            for key, offset, size, sha256 in index:
+                self._packs.setdefault(key, []).append(PackEntry(path, offset, size, sha256))
         return path
 
     @staticmethod
