@@ -10,6 +10,7 @@ result attributes. Options, defaults and their accuracy: docs/meep.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -89,15 +90,21 @@ def resolve_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
     opts["launcher"] = runner.as_launcher(opts["launcher"])
     for key in ("resolution", "timeout_s", "max_time"):
         if key in opts:
-            try:
-                value = float(opts[key])
-            except (TypeError, ValueError):
-                raise ConfigError(f"option '{key}' must be a number, got {opts[key]!r}",
-                                  field="options") from None
-            if not value > 0:
-                raise ConfigError(f"option '{key}' must be > 0, got {value:g}", field="options")
-            opts[key] = value
+            opts[key] = positive_option(opts, key)
     return opts
+
+
+def positive_option(opts: Mapping[str, Any], key: str) -> float:
+    """``opts[key]`` as a float > 0; a ConfigError naming the option otherwise (NaN, text that
+    is not a number, a bool: ``True`` is not a resolution)."""
+    value = opts[key]
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number > 0:
+        raise ConfigError(f"option '{key}' must be a number > 0, got {value!r}", field="options")
+    return number
 
 
 class MeepBackend(Backend):

@@ -68,20 +68,10 @@ from qdcavity.materials import material_from_spec
 from qdcavity.stack import Stack
 
 from . import runner
+from .backend import positive_option
 from .structure import build_structure
 
 SCRIPT = Path(__file__).with_name("outcoupling_worker.py")
-
-
-def _positive(opts: Mapping[str, Any], key: str) -> float:
-    try:
-        value = float(opts[key])
-    except (TypeError, ValueError):
-        value = math.nan
-    if not value > 0 or isinstance(opts[key], bool):
-        raise ConfigError(f"option '{key}' must be a number > 0, got {opts[key]!r}",
-                          field="options")
-    return value
 
 
 def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,7 +81,7 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
     opts = dict(opts)
     for key in ("window_um", "pml_um", "x_boundary_um", "flux_height_um", "flux_depth_um",
                 "pad_lo_um", "source_fwidth", "realizations"):
-        opts[key] = _positive(opts, key)
+        opts[key] = positive_option(opts, key)
     for key, room in (("flux_depth_um", "pad_lo_um"), ("flux_height_um", "pad_hi_um")):
         if not opts[key] < opts[room]:
             raise ConfigError(f"option '{key}' must be < {room} (the flux line lies between "
