@@ -61,7 +61,7 @@ class _BatchRun:
     """The results of one batch, encoded and written to the cache as they accumulate.
 
     Datasets are encoded ``ENCODE_CHUNK`` at a time, not right after each solve: encoding
-    results back to back costs 20-25 us less per result than interleaving it with
+    results back to back costs 15-25 us less per result than interleaving it with
     millisecond solves, which leave the processor's caches cold for it.
     """
 
