@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -126,6 +127,11 @@ class _BatchRun:
 SWEEP_GC_THRESHOLD = 10_000
 
 
+_GC_LOCK = threading.Lock()
+_gc_users = 0  # sweeps and batches running in this process
+_gc_saved: tuple[int, ...] = ()  # the threshold before the first of them
+
+
 @contextmanager
 def sweep_gc() -> Iterator[None]:
     """The garbage collector's first-generation threshold raised for a sweep, then restored.
@@ -135,10 +141,22 @@ def sweep_gc() -> Iterator[None]:
     up, keeps walking all of them in full collections: about 40 us per task, 17 us with the
     threshold at 10,000 (measured on a 10,000-point sweep). Garbage without reference cycles
     is freed at once either way; cycles are still collected, only less often.
+
+    Sweeps that overlap (threads of one worker, nested in-process batches) share the setting:
+    the first one saves the threshold, the last one to finish restores it. A threshold of 0
+    (automatic collection switched off by the program) is left alone.
     """
-    threshold = gc.get_threshold()
-    gc.set_threshold(max(threshold[0], SWEEP_GC_THRESHOLD), *threshold[1:])
+    global _gc_users, _gc_saved
+    with _GC_LOCK:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            if _gc_saved[0] > 0:
+                gc.set_threshold(max(_gc_saved[0], SWEEP_GC_THRESHOLD), *_gc_saved[1:])
+        _gc_users += 1
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
+        with _GC_LOCK:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*_gc_saved)

@@ -319,9 +319,12 @@ def encode_record(ds: xr.Dataset) -> tuple[bytes, Record]:
                                                                         strict=True)]
     attrs = {str(k): v if type(v) is str else _from_json(json.loads(json.dumps(_json_value(v))))
              for k, v in ds.attrs.items()}
-    arrays = [arr.reshape(shape) if arr.dtype == dtype else arr.astype(dtype).reshape(shape)
-              for arr, (dtype, shape, _, _) in zip(arrays, layout, strict=True)]
-    return payload, Record(attrs, variables, arrays)
+    views = []
+    for arr, (dtype, shape, _, _) in zip(arrays, layout, strict=True):
+        view = (arr if arr.dtype == dtype else arr.astype(dtype)).reshape(shape).view()
+        view.flags.writeable = False  # read-only, as decoded arrays are
+        views.append(view)
+    return payload, Record(attrs, variables, views)
 
 
 def _encode(ds: xr.Dataset) -> tuple[bytes, list[np.ndarray], bytes]:

@@ -142,7 +142,7 @@ def _stack_fast(records: list[Record | None]) -> xr.Dataset | None:
     for rec in ok[1:]:
         # records decoded from the same structure share its variable list: same names, dims,
         # flags and attributes; dtypes and shapes then follow from that structure too
-        if rec.variables is not template.variables and _signature(rec) != sig:
+        if rec.variables is not template.variables and not _same_signature(rec, sig):
             return None
         for j, (arr0, raw0) in coords.items():
             arr = rec.arrays[j]
@@ -169,32 +169,53 @@ def _signature(rec: Record) -> list[tuple[Any, ...]]:
             for v, a in zip(rec.variables, rec.arrays, strict=True)]
 
 
+def _same_signature(rec: Record, sig: list[tuple[Any, ...]]) -> bool:
+    try:
+        return _signature(rec) == sig
+    except ValueError:  # arrays among the variable attributes: let xarray's concat decide
+        return False
+
+
 def _common_attrs(records: list[Record]) -> dict[str, Any]:
-    """The attributes every record that has them agrees on (others differ between points)."""
-    candidates: dict[str, Any] = {}
-    for rec in records:
+    """The attributes every record that has them agrees on, as xarray's ``drop_conflicts``
+    keeps them (the value of the first record that has one, compared with every other)."""
+    first: dict[str, tuple[Any, int]] = {}
+    for i, rec in enumerate(records):
         for key, value in rec.attrs.items():
-            candidates.setdefault(key, value)
+            first.setdefault(key, (value, i))
     keep = {}
-    for key, value in candidates.items():
+    for key, (value, owner) in first.items():
+        others = (r.attrs.get(key, value) for i, r in enumerate(records) if i != owner)
         if type(value) is str:  # the usual case: a plain comparison, no numpy
-            same = all(type(v) is str and v == value for v in
-                       (r.attrs.get(key, value) for r in records))
-            if same or all(_same(r.attrs.get(key, _MISSING), value) for r in records):
+            same = all(type(v) is str and v == value for v in others)
+            if same or all(_same(r.attrs.get(key, _MISSING), value)
+                           for i, r in enumerate(records) if i != owner):
                 keep[key] = value
-        elif all(_same(r.attrs.get(key, _MISSING), value) for r in records):
+        elif all(_same(v, value) for v in others):
             keep[key] = value
     return keep
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Whether two attribute values agree as xarray's ``equivalent`` decides it: arrays element
+    by element (broadcast), NaN equal to NaN."""
     if a is _MISSING or b is _MISSING:
         return True
     try:
-        return bool(np.all(a == b)) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) \
-            else a == b
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            x, y = np.asarray(a), np.asarray(b)
+            equal = x == y
+            if x.dtype.kind in "fc" and y.dtype.kind in "fc":
+                equal = equal | (np.isnan(x) & np.isnan(y))
+            return bool(np.all(equal))
+        return bool(a == b) or (_is_nan(a) and _is_nan(b))
     except (TypeError, ValueError):
         return False
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float | complex | np.floating | np.complexfloating) \
+        and value != value
 
 
 def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Dataset:

@@ -101,20 +101,20 @@ class Layer(CachedIdentity):
         return float(v)
 
 
-_RESIZED: dict[tuple[str, float], Layer] = {}
+#: (id of a layer, thickness) -> (that layer, kept so that its id stays its own; the resized one)
+_RESIZED: dict[tuple[int, float], tuple[Layer, Layer]] = {}
 
 
 def _resized(layer: Layer, thickness_nm: float) -> Layer:
     """``layer`` with another thickness, one object per (layer, thickness): the points of a
     sweep grid share their layers, and each layer's canonical JSON is built once."""
-    memo_key = (layer.canonical_json, thickness_nm)
-    found = _RESIZED.get(memo_key)
+    found = _RESIZED.get((id(layer), thickness_nm))
     if found is None:
         if len(_RESIZED) >= 4096:
             _RESIZED.clear()
-        found = _RESIZED[memo_key] = Layer.model_construct(
-            name=layer.name, material=layer.material, thickness_nm=thickness_nm)
-    return found
+        found = _RESIZED[(id(layer), thickness_nm)] = (layer, Layer.model_construct(
+            name=layer.name, material=layer.material, thickness_nm=thickness_nm))
+    return found[1]
 
 
 class Stack(CachedIdentity):

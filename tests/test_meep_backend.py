@@ -94,7 +94,7 @@ def test_unknown_option_is_a_config_error():
               options={"resolutoin": 100})
 
 
-@pytest.mark.parametrize("value", [True, False, "fine", float("nan"), 0, -5])
+@pytest.mark.parametrize("value", [True, False, np.True_, "fine", float("nan"), 0, -5])
 def test_number_options_refuse_bools_text_and_non_positive_values(value):
     """One rule for every number option, in the backend's check and in the outcoupling one."""
     from qdcavity.plugins.meep.backend import resolve_options

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import xarray as xr
 
 from qdcavity.analyses import (
@@ -99,7 +100,7 @@ def positive_option(opts: Mapping[str, Any], key: str) -> float:
     is not a number, a bool: ``True`` is not a resolution)."""
     value = opts[key]
     try:
-        number = math.nan if isinstance(value, bool) else float(value)
+        number = math.nan if isinstance(value, bool | np.bool_) else float(value)
     except (TypeError, ValueError):
         number = math.nan
     if not number > 0:
