@@ -94,16 +94,17 @@ def test_unknown_option_is_a_config_error():
               options={"resolutoin": 100})
 
 
-@pytest.mark.parametrize("value", [True, False, np.True_, "fine", float("nan"), 0, -5])
+@pytest.mark.parametrize("value", [True, False, np.True_, "fine", float("nan"),
+                                   float("inf"), 0, -5])
 def test_number_options_refuse_bools_text_and_non_positive_values(value):
     """One rule for every number option, in the backend's check and in the outcoupling one."""
     from qdcavity.plugins.meep.backend import resolve_options
     from qdcavity.plugins.meep.outcoupling import check_options
 
-    with pytest.raises(ConfigError, match="option 'resolution' must be a number > 0"):
+    with pytest.raises(ConfigError, match="option 'resolution' must be a finite number > 0"):
         resolve_options("reflectance", {"resolution": value})
     opts = resolve_options("outcoupling", {})
-    with pytest.raises(ConfigError, match="option 'window_um' must be a number > 0"):
+    with pytest.raises(ConfigError, match="option 'window_um' must be a finite number > 0"):
         check_options({**opts, "window_um": value})
     assert resolve_options("reflectance", {"resolution": "40"})["resolution"] == 40.0
 

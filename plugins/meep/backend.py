@@ -96,15 +96,16 @@ def resolve_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def positive_option(opts: Mapping[str, Any], key: str) -> float:
-    """``opts[key]`` as a float > 0; a ConfigError naming the option otherwise (NaN, text that
-    is not a number, a bool: ``True`` is not a resolution)."""
+    """``opts[key]`` as a finite float > 0; a ConfigError naming the option otherwise (NaN,
+    infinity, text that is not a number, a bool: ``True`` is not a resolution)."""
     value = opts[key]
     try:
         number = math.nan if isinstance(value, bool | np.bool_) else float(value)
     except (TypeError, ValueError):
         number = math.nan
-    if not number > 0:
-        raise ConfigError(f"option '{key}' must be a number > 0, got {value!r}", field="options")
+    if not (number > 0 and math.isfinite(number)):
+        raise ConfigError(f"option '{key}' must be a finite number > 0, got {value!r}",
+                          field="options")
     return number
 
 
