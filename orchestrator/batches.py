@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import socket
 import threading
 import time
@@ -56,6 +57,25 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
             batch.run(task)
         batch.flush()
     return {"where": batch.where, "results": batch.out}
+
+
+def run_batch_packed(tasks: Sequence[Task], keys: Sequence[str] = (),
+                     cache: tuple[str, str, float] | None = None) -> bytes:
+    """:func:`run_batch` with its result pickled into one bytes object, for dask.
+
+    dask handles a returned structure of many small objects piece by piece; one bytes object
+    of the same content saved the client process (where a local cluster's scheduler also
+    runs) 8 ms of CPU per batch of 270 TMM results, about 30 us per task (measured on a
+    2-worker local cluster, 20 batches, twice). The client unpickles it with
+    :func:`unpack_batch`; only qdcavity's own workers and client exchange these bytes, as they
+    exchange the tasks themselves through dask's pickle (the cache never holds pickles).
+    """
+    return pickle.dumps(run_batch(tasks, keys, cache), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_batch(blob: bytes) -> dict[str, Any]:
+    """The result of :func:`run_batch_packed`."""
+    return pickle.loads(blob)
 
 
 class _BatchRun:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .batches import run_batch, sweep_gc, worker_identity
+from .batches import run_batch, run_batch_packed, sweep_gc, unpack_batch, worker_identity
 from .cache import Record, TaskCache, decode_dataset, decode_record
 from .errors import ConfigError, QdcavityError
 from .progress import NullProgress, SweepProgress
@@ -266,7 +266,7 @@ class DaskPool:
     def submit(self, batch: Sequence[Task], keys: Sequence[str] = (),
                cache: tuple[str, str, float] | None = None) -> Any:
         key = f"qdcavity-batch-{uuid.uuid4().hex[:12]}"
-        fut = self.client.submit(run_batch, list(batch), list(keys), cache, key=key,
+        fut = self.client.submit(run_batch_packed, list(batch), list(keys), cache, key=key,
                                  pure=False, retries=0)
         fut.add_done_callback(self._done.put)  # called from a client thread when finished
         return fut
@@ -289,6 +289,8 @@ class DaskPool:
                 continue
             outcome = _collect(fut)
             if outcome is not _IN_FLIGHT:
+                if isinstance(outcome, bytes):
+                    outcome = unpack_batch(outcome)
                 out.append((fut, outcome))
                 fut.release()
             elif fut.status == "pending":

@@ -14,7 +14,7 @@ import xarray as xr
 
 import qdcavity.batches as batches
 from qdcavity.analyses import make_analysis
-from qdcavity.batches import ENCODE_CHUNK, run_batch, sweep_gc
+from qdcavity.batches import ENCODE_CHUNK, run_batch, run_batch_packed, sweep_gc, unpack_batch
 from qdcavity.cache import Record, TaskCache, decode_record, encode_dataset, encode_record
 from qdcavity.runner import _stack_fast, expand, task_keys
 from qdcavity.stack import Stack, load_stack
@@ -78,6 +78,17 @@ def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) ->
     plain = run_batch(tasks[:3])  # no cache, not in-process: payloads only
     assert all(it["payload"] and "record" not in it and not it["written"]
                for it in plain["results"])
+
+
+def test_packed_batches_carry_the_same_results() -> None:
+    """What dask workers return (one bytes object) unpacks to what run_batch gives."""
+    tasks = sweep_tasks(3, 1)
+    blob = run_batch_packed(tasks)
+    assert isinstance(blob, bytes)
+    packed, plain = unpack_batch(blob), run_batch(tasks)
+    assert packed["where"] == plain["where"]
+    for a, b in zip(packed["results"], plain["results"], strict=True):
+        assert a["payload"] == b["payload"] and a["status"] == b["status"] == "ok"
 
 
 def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.MonkeyPatch
