@@ -183,22 +183,16 @@ def _common_attrs(records: list[Record]) -> dict[str, Any]:
     for i, rec in enumerate(records):
         for key, value in rec.attrs.items():
             first.setdefault(key, (value, i))
-    keep = {}
-    for key, (value, owner) in first.items():
-        others = (r.attrs.get(key, value) for i, r in enumerate(records) if i != owner)
-        if type(value) is str:  # the usual case: a plain comparison, no numpy
-            same = all(type(v) is str and v == value for v in others)
-            if same or all(_same(r.attrs.get(key, _MISSING), value)
-                           for i, r in enumerate(records) if i != owner):
-                keep[key] = value
-        elif all(_same(v, value) for v in others):
-            keep[key] = value
-    return keep
+    return {key: value for key, (value, owner) in first.items()
+            if all(_same(r.attrs.get(key, _MISSING), value)
+                   for i, r in enumerate(records) if i != owner)}
 
 
 def _same(a: Any, b: Any) -> bool:
     """Whether two attribute values agree as xarray's ``equivalent`` decides it: arrays element
     by element (broadcast), NaN equal to NaN."""
+    if type(a) is str and type(b) is str:  # the usual case: no numpy
+        return a == b
     if a is _MISSING or b is _MISSING:
         return True
     try:
