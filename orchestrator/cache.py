@@ -314,9 +314,7 @@ def encode_record(ds: xr.Dataset) -> tuple[bytes, Record]:
     stay in this process."""
     payload, arrays, structure = _encode(ds)
     variables, layout, _, stored = _layout(structure)
-    if stored is not None:
-        variables = [{**v, "attrs": _from_json(raw)} for v, raw in zip(variables, stored,
-                                                                        strict=True)]
+    variables = _own_variables(variables, stored)
     attrs = {str(k): v if type(v) is str else _from_json(json.loads(json.dumps(_json_value(v))))
              for k, v in ds.attrs.items()}
     views = []
@@ -372,6 +370,15 @@ def _layout(structure: bytes) -> _Layout:
     return out
 
 
+def _own_variables(variables: list[dict[str, Any]], stored: tuple[Any, ...] | None
+                   ) -> list[dict[str, Any]]:
+    """The memoized variables of a layout, or, if lists or arrays are among their attributes
+    (``stored``), a record's own copies of them."""
+    if stored is None:
+        return variables
+    return [{**v, "attrs": _from_json(raw)} for v, raw in zip(variables, stored, strict=True)]
+
+
 def decode_record(payload: bytes) -> Record:
     """The parts of an encoded dataset (ValueError if the bytes are not one)."""
     try:
@@ -393,9 +400,7 @@ def _decode_record(payload: bytes) -> Record:
     variables, layout, end, stored = _layout(structure)
     if base + end != len(payload):
         raise ValueError("truncated payload" if base + end > len(payload) else "trailing bytes")
-    if stored is not None:  # lists or arrays among the attributes: this record's own copies
-        variables = [{**v, "attrs": _from_json(raw)} for v, raw in zip(variables, stored,
-                                                                        strict=True)]
+    variables = _own_variables(variables, stored)
     arrays = [np.frombuffer(payload, dtype=dtype, count=count, offset=base + offset
                             ).reshape(shape) for dtype, shape, offset, count in layout]
     return Record(attrs, variables, arrays)
