@@ -49,11 +49,17 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 from xarray.indexes import PandasIndex
+
+try:  # xarray's in-memory wrapper of an indexed coordinate's values (see _direct_parts)
+    from xarray.core.indexing import PandasIndexingAdapter
+except ImportError:  # pragma: no cover - another xarray layout: the public path serves
+    PandasIndexingAdapter = None
 
 from .errors import QdcavityError
 
@@ -130,12 +136,29 @@ def _plain_array(name: str, data: np.ndarray) -> np.ndarray:
     return data
 
 
-def _arrays(ds: xr.Dataset) -> list[np.ndarray]:
-    """Every variable's values, in ``ds.variables`` order. An indexed coordinate's come from
-    its pandas index directly: xarray's own path (``var.values``) costs ~10 us per coordinate
-    (a version check on every call), a sizeable part of a 1 ms task's bookkeeping."""
+class _Parts(NamedTuple):
+    """A dataset's variables taken apart, in ``ds.variables`` order (what encoding reads)."""
+
+    names: tuple[Any, ...]
+    dims: tuple[tuple[Any, ...], ...]
+    coords: tuple[bool, ...]
+    attrs: tuple[Mapping[Any, Any], ...]  # read these, never change them
+    arrays: list[np.ndarray]
+
+
+def _parts(ds: xr.Dataset) -> _Parts:
+    """The variables of a dataset as plain parts: through :func:`_direct_parts` when it can
+    read them, else through xarray's public API (the same parts, ~2.5x slower)."""
+    direct = _direct_parts(ds)
+    return direct if direct is not None else _public_parts(ds)
+
+
+def _public_parts(ds: xr.Dataset) -> _Parts:
+    """Through xarray's public API. An indexed coordinate's values come from its pandas
+    index: ``var.values`` costs ~10 us per coordinate (a version check on every call)."""
     indexes = ds.xindexes
-    out = []
+    coord_names = ds.coords.keys()
+    names, dims, coords, attrs, arrays = [], [], [], [], []
     for name, var in ds.variables.items():
         index = indexes.get(name)
         if type(index) is PandasIndex and index.index.shape == var.shape:
@@ -144,8 +167,45 @@ def _arrays(ds: xr.Dataset) -> list[np.ndarray]:
                 arr = arr.astype(index.coord_dtype)
         else:
             arr = np.asarray(var.values)
-        out.append(_plain_array(str(name), arr))
-    return out
+        names.append(name)
+        dims.append(var.dims)
+        coords.append(name in coord_names)
+        attrs.append(var.attrs)
+        arrays.append(_plain_array(str(name), arr))
+    return _Parts(tuple(names), tuple(dims), tuple(coords), tuple(attrs), arrays)
+
+
+_NO_ATTRS: Mapping[Any, Any] = MappingProxyType({})
+
+
+def _direct_parts(ds: xr.Dataset) -> _Parts | None:
+    """The same parts read from the slots xarray's public properties read (``_variables``,
+    ``_coord_names``, and per variable ``_dims``, ``_attrs``, ``_data``), or None for
+    anything else: data that is not in memory as numpy or a pandas index (dask, lazily
+    loaded files), or an xarray whose internals differ. Encoding is most of a 1 ms TMM
+    task's bookkeeping, and xarray's properties (a mapping proxy per call, a version check
+    per ``.values``) were 60 % of it. ``tests/test_sweep_cache.py`` checks both paths agree."""
+    try:
+        variables, coord_names = ds._variables, ds._coord_names
+        names, dims, coords, attrs, arrays = [], [], [], [], []
+        for name, var in variables.items():
+            data = var._data
+            if type(data) is np.ndarray:
+                arr = data
+            elif type(data) is PandasIndexingAdapter:
+                arr = np.asarray(data.array)
+                if arr.dtype != data.dtype:
+                    arr = arr.astype(data.dtype)
+            else:
+                return None
+            names.append(name)
+            dims.append(var._dims)
+            coords.append(name in coord_names)
+            attrs.append(var._attrs or _NO_ATTRS)
+            arrays.append(_plain_array(str(name), arr) if arr.dtype.kind in "OV" else arr)
+    except AttributeError:
+        return None
+    return _Parts(tuple(names), tuple(dims), tuple(coords), tuple(attrs), arrays)
 
 
 @dataclass
@@ -162,10 +222,11 @@ class Record:
 
     @classmethod
     def from_dataset(cls, ds: xr.Dataset) -> Record:
-        coord_names = ds.coords.keys()
-        variables = [{"name": name, "dims": list(var.dims), "coord": name in coord_names,
-                      "attrs": dict(var.attrs)} for name, var in ds.variables.items()]
-        return cls(dict(ds.attrs), variables, _arrays(ds))
+        parts = _parts(ds)
+        variables = [{"name": name, "dims": list(dims), "coord": coord, "attrs": dict(attrs)}
+                     for name, dims, coord, attrs in zip(parts.names, parts.dims, parts.coords,
+                                                         parts.attrs, strict=True)]
+        return cls(dict(ds.attrs), variables, parts.arrays)
 
     def to_dataset(self) -> xr.Dataset:
         data_vars, coords = {}, {}
@@ -183,11 +244,13 @@ _MEMO_LIMIT = 256  # distinct dataset structures remembered (one per analysis an
 _Layout = tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int, int]], int,
                 tuple[Any, ...] | None]
 
-#: variable names -> the structure last seen with them (encoding), and structure JSON -> its
+#: variable names, dims, coordinate flags, dtypes and shapes -> the structure last seen with
+#: them (encoding), and structure JSON -> its
 #: layout (decoding): thousands of results of one sweep share a handful of structures, each
 #: built and parsed once
 _STRUCTURES: dict[tuple[Any, ...], _KnownStructure] = {}
 _LAYOUTS: dict[bytes, _Layout] = {}
+_NAME_JSON: dict[str, str] = {}  # attribute name -> its JSON (see _encode_attrs)
 
 
 def _memo_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
@@ -198,76 +261,70 @@ def _memo_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
 
 @dataclass(frozen=True)
 class _KnownStructure:
-    """A structure seen before, with what a new dataset must match to reuse its JSON."""
+    """A structure seen before, with the attributes a new dataset must match to reuse its
+    JSON (names, dims, coordinate flags, dtypes and shapes are the memo key)."""
 
-    dims: tuple[tuple[Any, ...], ...]
-    coords: tuple[bool, ...]
-    dtypes: tuple[np.dtype, ...]
-    shapes: tuple[tuple[int, ...], ...]
     attrs: tuple[dict[Any, str], ...]  # only all-text attributes are remembered
     text: bytes
 
-    def matches(self, ds: xr.Dataset, arrays: list[np.ndarray]) -> bool:
-        """Same dims, coordinate flags, dtypes, shapes and attributes, variable by variable
-        (names are the memo key). Only text names, dims and attributes are remembered and
-        matched: other values compare equal across types (1 == 1.0 == True, a one-element
-        array == its item) that encode differently."""
-        coord_names = ds.coords.keys()
-        for i, ((name, var), arr) in enumerate(zip(ds.variables.items(), arrays, strict=True)):
-            if (var.dims != self.dims[i] or arr.shape != self.shapes[i]
-                    or arr.dtype != self.dtypes[i] or (name in coord_names) != self.coords[i]
-                    or not _all_text(var.attrs.values()) or var.attrs != self.attrs[i]):
-                return False
-        return True
+    def matches(self, parts: _Parts) -> bool:
+        """Same variable attributes, all text. Only text names, dims and attributes are
+        remembered and matched: other values compare equal across types (1 == 1.0 == True,
+        a one-element array == its item) that encode differently."""
+        return all(_all_text(a.values()) for a in parts.attrs) and parts.attrs == self.attrs
 
 
 def _all_text(values: Any) -> bool:
     return all(type(v) is str for v in values)
 
 
-def _structure(ds: xr.Dataset, arrays: list[np.ndarray]) -> bytes:
+def _structure(parts: _Parts) -> bytes:
     """JSON of the variables' names, dims, coordinate flags, attrs, dtypes, shapes and
     offsets: everything but the data and the dataset's own attributes."""
-    names = tuple(ds.variables)
-    known = _STRUCTURES.get(names)
-    if known is not None and known.matches(ds, arrays):
+    arrays = parts.arrays
+    key = (parts.names, parts.dims, parts.coords, *(a.dtype for a in arrays),
+           *(a.shape for a in arrays))
+    known = _STRUCTURES.get(key)
+    if known is not None and known.matches(parts):
         return known.text
-    coord_names = ds.coords.keys()
     variables, offset = [], 0
-    for (name, var), arr in zip(ds.variables.items(), arrays, strict=True):
+    for name, dims, coord, attrs, arr in zip(parts.names, parts.dims, parts.coords,
+                                             parts.attrs, arrays, strict=True):
         variables.append({
-            "name": name, "dims": list(var.dims), "coord": name in coord_names,
-            "attrs": _json_value(dict(var.attrs)), "dtype": arr.dtype.str,
+            "name": name, "dims": list(dims), "coord": coord,
+            "attrs": _json_value(dict(attrs)), "dtype": arr.dtype.str,
             "shape": list(arr.shape), "offset": offset, "nbytes": arr.nbytes,
         })
         offset += arr.nbytes + (-arr.nbytes % _ALIGN)
     text = json.dumps(variables).encode()
-    plain = _all_text(names) and all(_all_text(var.dims) and _all_text(var.attrs.values())
-                                     for var in ds.variables.values())
-    if plain:
-        variables_ = list(ds.variables.values())
-        _memo_put(_STRUCTURES, names, _KnownStructure(
-            dims=tuple(v.dims for v in variables_),
-            coords=tuple(n in coord_names for n in names),
-            dtypes=tuple(a.dtype for a in arrays), shapes=tuple(a.shape for a in arrays),
-            attrs=tuple(dict(v.attrs) for v in variables_), text=text))
+    if _all_text(parts.names) and all(_all_text(d) and _all_text(a.values())
+                                      for d, a in zip(parts.dims, parts.attrs, strict=True)):
+        _memo_put(_STRUCTURES, key, _KnownStructure(
+            attrs=tuple(dict(a) for a in parts.attrs), text=text))
     return text
 
 
 def _encode_attrs(attrs: Mapping[Any, Any]) -> bytes:
     """The dataset's attributes: u32 n, a JSON list (n bytes) with ``[name, nbytes]`` for a
     text value and ``[name, -1, value]`` for any other, then the texts' raw UTF-8 bytes (long
-    texts such as the stack's canonical JSON are not escaped into JSON)."""
-    entries: list[list[Any]] = []
+    texts such as the stack's canonical JSON are not escaped into JSON). The list is written
+    piece by piece, as ``json.dumps`` of the whole list would write it, with each name's JSON
+    memoized: a sweep's results share their attribute names."""
+    entries: list[str] = []
     texts: list[bytes] = []
     for name, value in attrs.items():
+        name = str(name)
         if type(value) is str:
             raw = value.encode("utf-8", "surrogatepass")  # as JSON would keep a lone one
-            entries.append([str(name), len(raw)])
+            quoted = _NAME_JSON.get(name)
+            if quoted is None:
+                quoted = json.dumps(name)
+                _memo_put(_NAME_JSON, name, quoted)
+            entries.append(f"[{quoted}, {len(raw)}]")
             texts.append(raw)
         else:
-            entries.append([str(name), -1, _json_value(value)])
-    index = json.dumps(entries).encode()
+            entries.append(json.dumps([name, -1, _json_value(value)]))
+    index = f"[{', '.join(entries)}]".encode()
     return b"".join((len(index).to_bytes(4, "little"), index, *texts))
 
 
@@ -326,8 +383,9 @@ def encode_record(ds: xr.Dataset) -> tuple[bytes, Record]:
 
 
 def _encode(ds: xr.Dataset) -> tuple[bytes, list[np.ndarray], bytes]:
-    arrays = _arrays(ds)
-    structure = _structure(ds, arrays)
+    parts = _parts(ds)
+    arrays = parts.arrays
+    structure = _structure(parts)
     attrs = _encode_attrs(ds.attrs)
     head = b"".join((PAYLOAD_MAGIC, len(structure).to_bytes(8, "little"), structure,
                      len(attrs).to_bytes(8, "little"), attrs))

@@ -55,6 +55,28 @@ def test_encoding_round_trip(refl: xr.Dataset) -> None:
     xr.testing.assert_identical(rec.to_dataset(), Record.from_dataset(refl).to_dataset())
 
 
+def test_direct_and_public_parts_agree(refl: xr.Dataset) -> None:
+    """Encoding reads xarray's slots directly when it can; it must read exactly what the
+    public API gives, and fall back to it for data that is not plain numpy in memory."""
+    from qdcavity.cache import _direct_parts, _public_parts
+
+    dask_array = pytest.importorskip("dask.array")
+    non_index = refl.assign_coords(label=("wavelength_nm", ["a", "bb"]), scalar=3.0)
+    no_attrs = xr.Dataset({"R": ("x", [1.0, 2.0])}, coords={"x": np.array([3, 4], np.int16)})
+    for ds in (refl, odd_dataset(), non_index, no_attrs, refl.isel(wavelength_nm=[1, 0])):
+        direct, public = _direct_parts(ds), _public_parts(ds)
+        assert direct is not None
+        assert direct.names == public.names and direct.coords == public.coords
+        assert direct.dims == public.dims
+        assert [dict(a) for a in direct.attrs] == [dict(a) for a in public.attrs]
+        for a, b in zip(direct.arrays, public.arrays, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    lazy = refl.assign(R=refl.R.copy(data=dask_array.from_array(refl.R.values)))
+    assert _direct_parts(lazy) is None
+    xr.testing.assert_identical(decode_dataset(encode_dataset(lazy)), refl)
+
+
 def test_shared_structures_keep_types_and_check_lengths(refl: xr.Dataset) -> None:
     """Results of one shape share a memoized structure: attribute types must still come back
     as they went in, and a truncated payload must still be refused."""
