@@ -251,6 +251,7 @@ _Layout = tuple[list[dict[str, Any]], list[tuple[np.dtype, tuple[int, ...], int,
 _STRUCTURES: dict[tuple[Any, ...], _KnownStructure] = {}
 _LAYOUTS: dict[bytes, _Layout] = {}
 _NAME_JSON: dict[str, str] = {}  # attribute name -> its JSON (see _encode_attrs)
+_ATTRIBUTE_INDEXES: dict[bytes, list[list[Any]]] = {}  # see _attribute_index
 
 
 def _memo_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
@@ -334,20 +335,40 @@ def _decode_attrs(blob: bytes) -> dict[str, Any]:
         raise ValueError("truncated attributes")
     out: dict[str, Any] = {}
     at = 4 + n
-    for entry in json.loads(blob[4:4 + n]):
-        if not (isinstance(entry, list) and len(entry) in (2, 3) and type(entry[1]) is int):
-            raise ValueError("malformed attribute entry")
-        if entry[1] < 0:
-            out[entry[0]] = _from_json(entry[2])
+    for name, size, value in _attribute_index(blob[4:4 + n]):
+        if size < 0:
+            out[name] = _from_json(value)
         else:
-            end = at + entry[1]
+            end = at + size
             if end > len(blob):
                 raise ValueError("truncated attributes")
-            out[entry[0]] = blob[at:end].decode("utf-8", "surrogatepass")
+            out[name] = blob[at:end].decode("utf-8", "surrogatepass")
             at = end
     if at != len(blob):
         raise ValueError("inconsistent attributes")
     return out
+
+
+def _attribute_index(raw: bytes) -> list[list[Any]]:
+    """The parsed index of ``_encode_attrs``, checked. An index of text values only (names
+    and lengths: a sweep's results have a handful of distinct ones) is parsed once and
+    memoized; one with other values is parsed each time, so each record gets its own."""
+    cached = _ATTRIBUTE_INDEXES.get(raw)
+    if cached is not None:
+        return cached
+    entries = json.loads(raw)
+    if not isinstance(entries, list):
+        raise ValueError("malformed attribute index")
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) in (2, 3) and type(entry[1]) is int
+                and (len(entry) == 3) == (entry[1] < 0)):
+            raise ValueError("malformed attribute entry")
+        entry[0] = str(entry[0])
+        if len(entry) == 2:
+            entry.append(None)
+    if all(entry[1] >= 0 for entry in entries):
+        _memo_put(_ATTRIBUTE_INDEXES, bytes(raw), entries)
+    return entries
 
 
 def encode_dataset(ds: xr.Dataset) -> bytes:
