@@ -18,7 +18,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .cache import CacheError, TaskCache, encode_dataset, encode_record
+from .cache import (
+    CacheError,
+    Record,
+    TaskCache,
+    encode_dataset,
+    encode_record,
+    record_columns,
+    records_from_columns,
+)
 from .tasks import Task, run_task
 
 if TYPE_CHECKING:
@@ -59,23 +67,67 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
     return {"where": batch.where, "results": batch.out}
 
 
-def run_batch_packed(tasks: Sequence[Task], keys: Sequence[str] = (),
-                     cache: tuple[str, str, float] | None = None) -> bytes:
-    """:func:`run_batch` with its result pickled into one bytes object, for dask.
+def pack_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
+               cache: tuple[str, str, float] | None = None) -> bytes:
+    """The arguments of :func:`run_batch_packed`, pickled into one bytes object by the client.
+
+    dask's scheduler unpickles the arguments of every task it is given and pickles them again
+    for the worker; for a batch of a few hundred tasks (pydantic stacks and analyses) that
+    was 15-20 us per task of the client process's CPU, where a local cluster's scheduler
+    runs. Bytes pass through untouched.
+    """
+    return pickle.dumps((list(tasks), list(keys), cache), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def run_batch_packed(args: bytes) -> bytes:
+    """:func:`run_batch` of the arguments :func:`pack_batch` packed, for a dask worker; its
+    result pickled into one bytes object, with the results' arrays as columns.
 
     dask handles a returned structure of many small objects piece by piece; one bytes object
-    of the same content saved the client process (where a local cluster's scheduler also
-    runs) 8 ms of CPU per batch of 270 TMM results, about 30 us per task (measured on a
-    2-worker local cluster, 20 batches, twice). The client unpickles it with
-    :func:`unpack_batch`; only qdcavity's own workers and client exchange these bytes, as they
-    exchange the tasks themselves through dask's pickle (the cache never holds pickles).
+    of the same content saved the client process 8 ms of CPU per batch of 270 TMM results.
+    The records of the results (what decoding their payloads would give) travel as columns
+    per structure (:func:`~qdcavity.cache.record_columns`), and the payloads the worker wrote
+    to the cache itself stay behind: the client rebuilds the records as views of the columns
+    in :func:`unpack_batch` instead of decoding every payload. Only qdcavity's own workers and
+    client exchange these bytes (the cache never holds pickles).
     """
-    return pickle.dumps(run_batch(tasks, keys, cache), protocol=pickle.HIGHEST_PROTOCOL)
+    tasks, keys, cache = pickle.loads(args)
+    out = run_batch(tasks, keys, cache, records=True)
+    out["blocks"] = _record_blocks(out["results"])
+    return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _record_blocks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Takes each result's record out into blocks of one structure: rows (indices in
+    ``results``), attributes and stacked arrays. Records of one structure share its
+    variables list (see :func:`~qdcavity.cache.decode_record`)."""
+    groups: dict[int, tuple[list[int], list[Record], bytes]] = {}
+    for j, item in enumerate(results):
+        record = item.pop("record", None)
+        if record is None:
+            continue
+        rows, records, payload = groups.setdefault(id(record.variables), ([], [], item["payload"]))
+        rows.append(j)
+        records.append(record)
+        if item["written"]:
+            item["payload"] = None  # in the cache already: the client needs only the record
+    blocks = []
+    for rows, records, payload in groups.values():
+        structure, arrays = record_columns(records, payload)
+        blocks.append({"rows": rows, "structure": structure, "arrays": arrays,
+                       "attrs": [r.attrs for r in records]})
+    return blocks
 
 
 def unpack_batch(blob: bytes) -> dict[str, Any]:
-    """The result of :func:`run_batch_packed`."""
-    return pickle.loads(blob)
+    """The result of :func:`run_batch_packed`, each result with its ``record`` again."""
+    out = pickle.loads(blob)
+    results = out["results"]
+    for block in out.pop("blocks"):
+        records = records_from_columns(block["structure"], block["attrs"], block["arrays"])
+        for j, record in zip(block["rows"], records, strict=True):
+            results[j]["record"] = record
+    return out
 
 
 class _BatchRun:

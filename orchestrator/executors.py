@@ -42,7 +42,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .batches import run_batch, run_batch_packed, sweep_gc, unpack_batch, worker_identity
+from .batches import (
+    pack_batch,
+    run_batch,
+    run_batch_packed,
+    sweep_gc,
+    unpack_batch,
+    worker_identity,
+)
 from .cache import Record, TaskCache, decode_dataset, decode_record
 from .errors import ConfigError, QdcavityError
 from .progress import NullProgress, SweepProgress
@@ -266,7 +273,7 @@ class DaskPool:
     def submit(self, batch: Sequence[Task], keys: Sequence[str] = (),
                cache: tuple[str, str, float] | None = None) -> Any:
         key = f"qdcavity-batch-{uuid.uuid4().hex[:12]}"
-        fut = self.client.submit(run_batch_packed, list(batch), list(keys), cache, key=key,
+        fut = self.client.submit(run_batch_packed, pack_batch(batch, keys, cache), key=key,
                                  pure=False, retries=0)
         fut.add_done_callback(self._done.put)  # called from a client thread when finished
         return fut
@@ -678,19 +685,17 @@ class Driver:
             self.report.n_failed += n
             return 0, n
         self.sizer.observe(item["seconds"])
-        payload, ds = item["payload"], item["dataset"]
-        if payload is not None:
-            if item.get("written"):
-                self.report.n_written_by_workers += n
-            elif self.cache is not None:
-                meta = {"backend": self.tasks[self.by_key[key][0]].backend,
-                        "seconds": round(item["seconds"], 6), "by": worker_identity()}
-                self._unwritten.append((key, payload, meta))
-            record = item.get("record")
-            if record is not None:  # computed in this process: no need to decode
-                ds = record if self.raw else record.to_dataset()
-            else:
-                ds = decode_record(payload) if self.raw else decode_dataset(payload)
+        payload, ds, record = item["payload"], item["dataset"], item.get("record")
+        if item.get("written"):
+            self.report.n_written_by_workers += n
+        elif payload is not None and self.cache is not None:
+            meta = {"backend": self.tasks[self.by_key[key][0]].backend,
+                    "seconds": round(item["seconds"], 6), "by": worker_identity()}
+            self._unwritten.append((key, payload, meta))
+        if record is not None:  # decoded already, or computed in this process
+            ds = record if self.raw else record.to_dataset()
+        elif payload is not None:
+            ds = decode_record(payload) if self.raw else decode_dataset(payload)
         self._set(key, "ok", ds, seconds=item["seconds"])
         self.report.n_computed += n
         return n, 0

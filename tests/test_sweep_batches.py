@@ -14,7 +14,14 @@ import xarray as xr
 
 import qdcavity.batches as batches
 from qdcavity.analyses import make_analysis
-from qdcavity.batches import ENCODE_CHUNK, run_batch, run_batch_packed, sweep_gc, unpack_batch
+from qdcavity.batches import (
+    ENCODE_CHUNK,
+    pack_batch,
+    run_batch,
+    run_batch_packed,
+    sweep_gc,
+    unpack_batch,
+)
 from qdcavity.cache import Record, TaskCache, decode_record, encode_dataset, encode_record
 from qdcavity.runner import _stack_fast, expand, task_keys
 from qdcavity.stack import Stack, load_stack
@@ -80,15 +87,53 @@ def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) ->
                for it in plain["results"])
 
 
-def test_packed_batches_carry_the_same_results() -> None:
-    """What dask workers return (one bytes object) unpacks to what run_batch gives."""
-    tasks = sweep_tasks(3, 1)
-    blob = run_batch_packed(tasks)
+def test_packed_batches_carry_the_same_results(tmp_path: Path) -> None:
+    """What dask workers return (one bytes object) unpacks to what run_batch gives: each
+    result's record equals the decoded payload, and payloads already in the cache stay
+    behind while the others travel (the client writes those)."""
+    tasks = sweep_tasks(3, 2)
+    blob = run_batch_packed(pack_batch(tasks))
     assert isinstance(blob, bytes)
     packed, plain = unpack_batch(blob), run_batch(tasks)
     assert packed["where"] == plain["where"]
     for a, b in zip(packed["results"], plain["results"], strict=True):
         assert a["payload"] == b["payload"] and a["status"] == b["status"] == "ok"
+        assert same_record(a["record"], decode_record(b["payload"]))
+        assert not any(arr.flags.writeable for arr in a["record"].arrays)
+    # records of one structure share its variables list, across batches too (fast combine)
+    again = unpack_batch(run_batch_packed(pack_batch(tasks[:2])))
+    assert again["results"][0]["record"].variables is packed["results"][0]["record"].variables
+    keys = task_keys(tasks)
+    cache = TaskCache(tmp_path)
+    written = unpack_batch(run_batch_packed(
+        pack_batch(tasks, keys, (str(cache.root), cache.token(), 60.0))))
+    for key, item in zip(keys, written["results"], strict=True):
+        assert item["written"] and item["payload"] is None
+        assert same_record(item["record"], decode_record(TaskCache(tmp_path).get_payload(key)))
+
+
+def test_packed_batches_keep_mixed_structures_and_own_attributes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose results have two structures, one with list attributes (each record's
+    own copy), comes back result by result as decoding would give it."""
+    tasks = sweep_tasks(4, 1)
+    real = batches.run_task
+
+    def run_task(task: Task) -> TaskResult:
+        res = real(task)
+        if task.index % 2:
+            res.dataset = odd_dataset().assign_attrs(index=task.index)
+        return res
+
+    monkeypatch.setattr(batches, "run_task", run_task)
+    out = unpack_batch(run_batch_packed(pack_batch(tasks)))
+    plain = run_batch(tasks)
+    for a, b in zip(out["results"], plain["results"], strict=True):
+        assert same_record(a["record"], decode_record(b["payload"]))
+    odd = [it["record"] for it in out["results"][1::2]]
+    odd[0].attrs["t"].append("x")
+    odd[0].variables[0]["attrs"]["arr"][0] = 99
+    assert odd[1].attrs["t"] == [1, 2.5, "z"] and odd[1].variables[0]["attrs"]["arr"][0] == 0
 
 
 def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.MonkeyPatch
