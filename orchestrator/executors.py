@@ -50,7 +50,7 @@ from .batches import (
     unpack_batch,
     worker_identity,
 )
-from .cache import Record, TaskCache, decode_dataset, decode_record
+from .cache import TaskCache, decode_dataset, decode_record
 from .errors import ConfigError, QdcavityError
 from .progress import NullProgress, SweepProgress
 from .tasks import Task, TaskResult
@@ -659,20 +659,16 @@ class Driver:
             self.results[i] = TaskResult(i, status, dataset=ds, error=error, seconds=seconds)
 
     def _lookup_cache(self) -> list[str]:
+        if self.cache is None:
+            return list(self.by_key)
         todo = []
-        for key, idxs in self.by_key.items():
-            ds: Record | Any = None
-            if self.cache is not None:
-                ds = self.cache.get_record(key)
-                if ds is not None and not self.raw:
-                    ds = ds.to_dataset()
-            if ds is None:
+        for key, record in self.cache.get_records(self.by_key):
+            if record is None:
                 todo.append(key)
             else:
-                self._set(key, "cached", ds)
-                self.report.n_cached += len(idxs)
-        if self.cache is not None:
-            self.report.n_corrupt_cache = self.cache.stats.corrupt
+                self._set(key, "cached", record if self.raw else record.to_dataset())
+                self.report.n_cached += len(self.by_key[key])
+        self.report.n_corrupt_cache = self.cache.stats.corrupt
         return todo
 
     def _accept(self, key: str, item: Mapping[str, Any]) -> tuple[int, int]:

@@ -266,6 +266,31 @@ def test_pack_round_trip_and_index(tmp_path: Path, refl: xr.Dataset) -> None:
     assert cache.put_many(_items(refl, range(10, 11))) == cache.path(key_of(10))  # one: a file
 
 
+def test_bulk_lookup_finds_entries_and_packs(tmp_path: Path, refl: xr.Dataset,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_records (a sweep's resume check) finds entry files and packs alike, counts a
+    corrupt entry, and opens no file in an entry folder that does not exist."""
+    cache = TaskCache(tmp_path)
+    cache.put_many(_items(refl, range(6)))
+    for key, payload, meta in _items(refl, range(6, 9)):
+        cache.put_payload(key, payload, meta)
+    bad = cache.path(key_of(8))
+    bad.write_bytes(bad.read_bytes()[:-3])
+    opened: list[str] = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(str(f)),
+                                                              real_open(f, *a, **k))[1])
+    reader = TaskCache(tmp_path)
+    found = dict(reader.get_records(key_of(i) for i in range(12)))
+    assert [found[key_of(i)] is not None for i in range(12)] == [True] * 8 + [False] * 4
+    np.testing.assert_allclose(found[key_of(7)].to_dataset().R, refl.R * 8)
+    assert reader.stats.hits == 8 and reader.stats.corrupt == 1 and reader.stats.misses == 3
+    entry_dirs = {key_of(i)[:2] for i in range(6, 9)}
+    assert {Path(f).parent.name for f in opened if f.endswith(".qdc")} <= entry_dirs
+    assert all(key_of(i)[:2] in entry_dirs or str(reader.path(key_of(i))) not in opened
+               for i in range(12))
+
+
 def test_corrupt_pack_entry_is_recomputed_alone(tmp_path: Path, refl: xr.Dataset) -> None:
     cache = TaskCache(tmp_path)
     path = cache.put_many(_items(refl, range(4)))
