@@ -611,8 +611,16 @@ def open_pool(cfg: ExecConfig) -> Iterator[InlinePool | DaskPool]:
 
 # ---------------------------------------------------------------- the driver
 
+#: the smallest batch worth a dask task, in solver time: each batch costs dask a few ms of CPU
+MIN_BATCH_S = 0.05
+
+
 class BatchSizer:
-    """Fixed size, or ``target_s`` of measured solver time per batch (median of recent tasks)."""
+    """Fixed size, or ``target_s`` of measured solver time per batch (median of recent tasks).
+
+    Towards the end of a sweep, batches shrink to a share of what is left (``remaining / (2 x
+    workers)``) so that the workers finish together, but not below ``MIN_BATCH_S`` of work:
+    a tail of ever smaller batches cost more in dask's bookkeeping than it balanced."""
 
     def __init__(self, fixed: int | None, target_s: float) -> None:
         self.fixed, self.target_s = fixed, target_s
@@ -628,8 +636,9 @@ class BatchSizer:
             return 1
         typical = max(statistics.median(self.recent), 1e-6)
         wanted = max(1, int(self.target_s / typical))
-        balance = max(1, math.ceil(remaining / (2 * max(workers, 1))))
-        return min(wanted, balance, 5000)
+        balance = math.ceil(remaining / (2 * max(workers, 1)))
+        floor = max(1, int(MIN_BATCH_S / typical))
+        return min(wanted, max(balance, floor), 5000)
 
 
 class Driver:

@@ -248,7 +248,8 @@ def test_batch_sizer() -> None:
     for _ in range(10):
         auto.observe(0.002)
     assert auto.size(10_000, 2) == 125  # 0.25 s of 2 ms tasks
-    assert auto.size(100, 2) == 25  # keep every worker busy to the end
+    assert auto.size(200, 2) == 50  # keep every worker busy to the end
+    assert auto.size(40, 2) == 25  # but no batch under MIN_BATCH_S (0.05 s) of work
     slow = BatchSizer(None, target_s=0.25)
     slow.observe(5.0)  # a Meep-sized task runs alone
     assert slow.size(10_000, 2) == 1
