@@ -78,7 +78,7 @@ class ExecConfig:
     jobs: int = 1
     slurm: Mapping[str, Any] = field(default_factory=dict)
     connect_timeout_s: float = 10.0
-    target_batch_s: float = 0.25
+    target_batch_s: float = 0.5
     cache_flush_s: float = 0.25
     min_cluster_work_s: float = 3.0
     base_dir: str = "."
