@@ -149,8 +149,11 @@ class _Parts(NamedTuple):
 def _parts(ds: xr.Dataset) -> _Parts:
     """The variables of a dataset as plain parts: through :func:`_direct_parts` when it can
     read them, else through xarray's public API (the same parts, ~2.5x slower)."""
-    direct = _direct_parts(ds)
-    return direct if direct is not None else _public_parts(ds)
+    try:
+        direct = _direct_parts(ds)
+        return direct if direct is not None else _public_parts(ds)
+    except (TypeError, ValueError) as exc:  # e.g. a time-zone-aware or categorical index
+        raise CacheError(f"a variable cannot be stored as a plain array ({exc})") from None
 
 
 def _public_parts(ds: xr.Dataset) -> _Parts:
@@ -265,18 +268,24 @@ class _KnownStructure:
     """A structure seen before, with the attributes a new dataset must match to reuse its
     JSON (names, dims, coordinate flags, dtypes and shapes are the memo key)."""
 
-    attrs: tuple[dict[Any, str], ...]  # only all-text attributes are remembered
+    attrs: tuple[tuple[tuple[str, str], ...], ...]  # per variable, its attributes in order
     text: bytes
 
     def matches(self, parts: _Parts) -> bool:
-        """Same variable attributes, all text. Only text names, dims and attributes are
-        remembered and matched: other values compare equal across types (1 == 1.0 == True,
-        a one-element array == its item) that encode differently."""
-        return all(_all_text(a.values()) for a in parts.attrs) and parts.attrs == self.attrs
+        """Same variable attributes, names and values all text, in the same order. Only text
+        is remembered and matched: other values compare equal across types (1 == 1.0 == True,
+        a one-element array == its item) that encode differently, and dicts compare equal
+        in any order."""
+        return (all(_text_items(a) for a in parts.attrs)
+                and tuple(tuple(a.items()) for a in parts.attrs) == self.attrs)
 
 
 def _all_text(values: Any) -> bool:
     return all(type(v) is str for v in values)
+
+
+def _text_items(mapping: Mapping[Any, Any]) -> bool:
+    return _all_text(mapping) and _all_text(mapping.values())
 
 
 def _structure(parts: _Parts) -> bytes:
@@ -298,10 +307,10 @@ def _structure(parts: _Parts) -> bytes:
         })
         offset += arr.nbytes + (-arr.nbytes % _ALIGN)
     text = json.dumps(variables).encode()
-    if _all_text(parts.names) and all(_all_text(d) and _all_text(a.values())
+    if _all_text(parts.names) and all(_all_text(d) and _text_items(a)
                                       for d, a in zip(parts.dims, parts.attrs, strict=True)):
         _memo_put(_STRUCTURES, key, _KnownStructure(
-            attrs=tuple(dict(a) for a in parts.attrs), text=text))
+            attrs=tuple(tuple(a.items()) for a in parts.attrs), text=text))
     return text
 
 
@@ -504,8 +513,8 @@ def records_from_columns(structure: bytes, attrs: Sequence[dict[str, Any]],
     variables, _, _, stored = _layout(structure)
     for arr in arrays:
         arr.flags.writeable = False
-    return [Record(own, _own_variables(variables, stored), [arr[i] for arr in arrays])
-            for i, own in enumerate(attrs)]
+    return [Record(own, _own_variables(variables, stored), [arr[i, ...] for arr in arrays])
+            for i, own in enumerate(attrs)]  # [i, ...]: a 0-d view, never a numpy scalar
 
 
 def decode_dataset(payload: bytes) -> xr.Dataset:
@@ -704,12 +713,13 @@ class TaskCache:
             except (OSError, CorruptEntry):
                 yield None
 
-    def _entry_dirs(self) -> set[str]:
-        """The names of the entry folders (``<key[:2]>``) that exist now."""
+    def _entry_dirs(self) -> set[str] | None:
+        """The names of the entry folders (``<key[:2]>``) that exist now; None if the cache
+        folder cannot be listed (then every entry file is looked for)."""
         try:
             return {e.name for e in os.scandir(self.root) if len(e.name) == 2 and e.is_dir()}
         except OSError:
-            return set()
+            return None
 
     def locate(self, key: str) -> Path | None:
         """The file that holds ``key`` (an entry file or a pack), if any."""
@@ -748,13 +758,12 @@ class TaskCache:
             self._corrupt(key)
             return None
 
-    def get_records(self, keys: Iterable[str]) -> Iterator[tuple[str, Record | None]]:
-        """:meth:`get_record` of many keys, as the folder was when the call began: its entry
-        folders are listed once, so the misses of a sweep that wrote only packs open no
-        file (4 us each). Entries written meanwhile by others may be missed: recomputed."""
+    def get_records(self, keys: Iterable[str]) -> list[tuple[str, Record | None]]:
+        """:meth:`get_record` of many keys, with the entry folders listed once, when the call
+        begins: the misses of a sweep that wrote only packs open no file (4 us each).
+        Entries that others write meanwhile in new folders may be missed: recomputed."""
         entry_dirs = self._entry_dirs()
-        for key in keys:
-            yield key, self.get_record(key, entry_dirs)
+        return [(key, self.get_record(key, entry_dirs)) for key in keys]
 
     def get(self, key: str) -> xr.Dataset | None:
         """The cached dataset of a task, or None (absent or corrupt: recompute it)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,8 @@ def same_record(a: Record, b: Record) -> bool:
             and all(type(a.attrs[k]) is type(b.attrs[k]) and repr(a.attrs[k]) == repr(b.attrs[k])
                     for k in a.attrs)
             and repr(a.variables) == repr(b.variables)
-            and all(x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
-                    for x, y in zip(a.arrays, b.arrays, strict=True)))
+            and all(type(x) is type(y) and x.dtype == y.dtype and x.shape == y.shape
+                    and np.array_equal(x, y) for x, y in zip(a.arrays, b.arrays, strict=True)))
 
 
 def test_encode_record_gives_what_decoding_gives() -> None:
@@ -139,14 +140,27 @@ def test_packed_batches_unpickle_their_tasks_under_the_sweep_gc() -> None:
     assert _GC_SEEN == [max(gc.get_threshold()[0], batches.SWEEP_GC_THRESHOLD)]
 
 
-def test_packed_batch_arguments_take_what_dask_would() -> None:
-    """Options plain pickle refuses (a lambda) still reach the worker, through cloudpickle."""
+def test_packed_batch_arguments_take_what_dask_would(monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    """Options plain pickle refuses (a lambda) or would send by reference to the user's
+    ``__main__`` script, which a worker does not have, go by value, as dask sends them."""
+    main = sys.modules["__main__"]
+
+    def hook(x: int) -> int:
+        return x + 1
+
+    hook.__module__, hook.__qualname__ = "__main__", "qdc_test_hook"
+    monkeypatch.setattr(main, "qdc_test_hook", hook, raising=False)
     task = sweep_tasks(1, 1)[0]
     odd = Task(stack=task.stack, analysis=task.analysis, analysis_name=task.analysis_name,
-               backend=task.backend, options={"hook": lambda x: x + 1}, point=task.point)
-    out = unpack_batch(run_batch_packed(pack_batch([odd])))
-    assert len(out["results"]) == 1  # the backend may refuse the option; the batch runs
-    assert pickle.loads(pack_batch([odd]))[0][0].options["hook"](1) == 2
+               backend=task.backend, options={"hook": hook, "inline": lambda x: 2 * x},
+               point=task.point)
+    blob = pack_batch([odd])
+    monkeypatch.delattr(main, "qdc_test_hook")  # as on a worker
+    options = pickle.loads(blob)[0][0].options
+    assert options["hook"](1) == 2 and options["inline"](2) == 4
+    out = unpack_batch(run_batch_packed(blob))
+    assert len(out["results"]) == 1  # the backend may refuse the options; the batch runs
 
 
 def test_packed_batches_keep_mixed_structures_and_own_attributes(
@@ -160,6 +174,10 @@ def test_packed_batches_keep_mixed_structures_and_own_attributes(
         res = real(task)
         if task.index % 2:
             res.dataset = odd_dataset().assign_attrs(index=task.index)
+        else:  # 0-d variables, of texts whose width differs between results
+            label = np.array(["TE", "TM-x"])[task.index // 2 % 2 : task.index // 2 % 2 + 1]
+            res.dataset = res.dataset.assign(mode=((), label.astype("<U4").reshape(())),
+                                             peak=((), float(task.index)))
         return res
 
     monkeypatch.setattr(batches, "run_task", run_task)

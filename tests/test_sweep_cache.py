@@ -115,6 +115,32 @@ def test_memoized_structures_never_mix_up_attribute_types(refl: xr.Dataset) -> N
     assert decode_record(listed).variables[r]["attrs"]["flags"] == [1, 2]
 
 
+def test_memoized_structures_keep_attribute_names_and_order() -> None:
+    """Equal dicts are not equal attributes: {1: ...} == {True: ...}, and order is ignored
+    by dict equality but kept by the JSON."""
+    def ds(attrs: dict) -> xr.Dataset:
+        return xr.Dataset({"R": ("x", [1.0, 2.0], attrs)})
+
+    for first, second in (({1: "a"}, {True: "a"}), ({"u": "1", "v": "2"}, {"v": "2", "u": "1"})):
+        encode_dataset(ds(first))
+        back = decode_record(encode_dataset(ds(second))).variables[0]["attrs"]
+        assert list(back.items()) == [(str(k), v) for k, v in second.items()]
+
+
+def test_unstorable_indexes_are_cache_errors() -> None:
+    """A time-zone-aware or categorical index is one CacheError (the result then travels
+    unencoded), not a TypeError that would fail the whole batch."""
+    import pandas as pd
+
+    aware = xr.Dataset({"R": ("t", [1.0, 2.0])},
+                       coords={"t": pd.date_range("2026-01-01", periods=2, tz="UTC")})
+    categorical = xr.Dataset({"R": ("c", [1.0, 2.0])},
+                             coords={"c": pd.CategoricalIndex(["a", "b"])})
+    for ds in (aware, categorical):
+        with pytest.raises(CacheError):
+            encode_dataset(ds)
+
+
 def test_odd_text_and_malformed_payloads(refl: xr.Dataset) -> None:
     odd = refl.assign_attrs(path="caf\u00e9-\udcff")  # a lone surrogate, as from os.fsdecode
     assert decode_dataset(encode_dataset(odd)).attrs["path"] == odd.attrs["path"]
@@ -289,6 +315,20 @@ def test_bulk_lookup_finds_entries_and_packs(tmp_path: Path, refl: xr.Dataset,
     assert {Path(f).parent.name for f in opened if f.endswith(".qdc")} <= entry_dirs
     assert all(key_of(i)[:2] in entry_dirs or str(reader.path(key_of(i))) not in opened
                for i in range(12))
+
+
+def test_bulk_lookup_of_an_unlistable_folder_opens_every_entry(
+        tmp_path: Path, refl: xr.Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = TaskCache(tmp_path)
+    for key, payload, meta in _items(refl, range(2)):
+        cache.put_payload(key, payload, meta)
+
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "denied")
+
+    monkeypatch.setattr("qdcavity.cache.os.scandir", refuse)
+    found = dict(TaskCache(tmp_path).get_records([key_of(0), key_of(1)]))
+    assert all(record is not None for record in found.values())
 
 
 def test_corrupt_pack_entry_is_recomputed_alone(tmp_path: Path, refl: xr.Dataset) -> None:
