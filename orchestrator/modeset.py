@@ -88,6 +88,27 @@ def plasmon_estimates(eps: np.ndarray, k0_d: np.ndarray) -> np.ndarray:
     return np.asarray(est, dtype=complex)
 
 
+def radiating_claddings(eps: np.ndarray) -> list[int]:
+    """The claddings (0: substrate, -1 as ``eps.size - 1``: superstrate) that are dielectric
+    (Re eps > 0), into which a mode can radiate."""
+    return [c for c in (0, eps.size - 1) if eps[c].real > 0]
+
+
+def guided_re_floor(eps: np.ndarray) -> float:
+    """Lowest Re(neff) of the modes a search reports, before its margin: the largest Re(N) of
+    the radiating claddings not shielded by an adjacent metal (Re eps < 0); when all of them
+    are shielded, the smallest of them; 0 without a radiating cladding."""
+    n = np.sqrt(np.asarray(eps, dtype=complex))
+    last = eps.size - 1
+    radiating = radiating_claddings(eps)
+    unshielded = [c for c in radiating if eps[1 if c == 0 else last - 1].real > 0]
+    if unshielded:
+        return float(max(n[c].real for c in unshielded))
+    if radiating:
+        return float(min(n[c].real for c in radiating))
+    return 0.0
+
+
 def normalize_to_peak_e(components: Mapping[str, np.ndarray], e_names: Sequence[str]
                         ) -> dict[str, np.ndarray]:
     """Field components scaled so that max |E| = 1 on the grid, with the dominant E component

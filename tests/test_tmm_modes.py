@@ -430,3 +430,19 @@ def test_fd_global_search_agrees_in_resonance_band(name: str) -> None:
         assert len(ours) == len(theirs) > 0, (pol, ours, theirs)
         for a, b in zip(ours, theirs, strict=True):
             assert abs(a - b) < 5e-3, (pol, a, b)
+
+
+def test_guided_re_floor_follows_the_unshielded_claddings() -> None:
+    """The search floor shared by the TMM and fdmodes backends: the largest radiating
+    cladding that no metal shields, else the smallest shielded one, else 0."""
+    from qdcavity.modeset import guided_re_floor, radiating_claddings
+
+    glass, air, ito, ag = 1.5**2, 1.0, 1.9**2, -17.0 + 0.7j
+    eps = np.array([glass, ito, air], dtype=complex)
+    assert radiating_claddings(eps) == [0, 2]
+    assert guided_re_floor(eps) == pytest.approx(1.5)
+    shielded_top = np.array([glass, ito, ag, air], dtype=complex)
+    assert guided_re_floor(shielded_top) == pytest.approx(1.5)  # air is behind Ag
+    all_shielded = np.array([glass, ag, ito, ag, air], dtype=complex)
+    assert guided_re_floor(all_shielded) == pytest.approx(1.0)
+    assert guided_re_floor(np.array([ag, ito, ag], dtype=complex)) == 0.0

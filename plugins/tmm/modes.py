@@ -72,7 +72,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from qdcavity.modeset import mode_labels, plasmon_estimates
+from qdcavity.modeset import guided_re_floor, mode_labels, plasmon_estimates, radiating_claddings
 
 __all__ = [
     "Mode",
@@ -352,16 +352,8 @@ def search_region(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
     ctx = _ctx(n, d_nm, wavelength_nm)
     eps = ctx.eps
     nidx = np.sqrt(eps)
-    clad = [0, eps.size - 1]
-    radiating = [c for c in clad if eps[c].real > 0]
-    unshielded = [c for c in radiating if eps[c - 1 if c else 1].real > 0]
-    if unshielded:
-        lo = max(nidx[c].real for c in unshielded)
-    elif radiating:
-        lo = min(nidx[c].real for c in radiating)
-    else:
-        lo = 0.0
-    lo = max(lo, 1e-3) + _EDGE_MARGIN
+    radiating = radiating_claddings(eps)
+    lo = max(guided_re_floor(eps), 1e-3) + _EDGE_MARGIN
     est = plasmon_estimates(eps, ctx.kd)
     top = max([abs(x) for x in nidx] + [abs(x.real) for x in est])
     hi = 1.25 * top + 0.5

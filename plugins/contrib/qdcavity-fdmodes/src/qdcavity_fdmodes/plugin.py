@@ -49,6 +49,7 @@ from qdcavity.hookspecs import hookimpl
 from qdcavity.modeset import (
     ModeRecord,
     field_grid,
+    guided_re_floor,
     mode_labels,
     modes_dataset,
     normalize_to_peak_e,
@@ -190,15 +191,7 @@ def search_bounds(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float
                   ) -> tuple[float, float, float]:
     """(Re lower bound, Im lower bound, Im upper bound) of the modes reported."""
     eps = n * n
-    last = eps.size - 1
-    radiating = [c for c in (0, last) if eps[c].real > 0]
-    unshielded = [c for c in radiating if eps[1 if c == 0 else last - 1].real > 0]
-    if unshielded:
-        lo = max(n[c].real for c in unshielded)
-    elif radiating:
-        lo = min(n[c].real for c in radiating)
-    else:
-        lo = 0.0
+    lo = guided_re_floor(eps)
     est = plasmon_estimates(eps, 2 * math.pi / wavelength_nm * np.asarray(d_nm))
     im_hi = max(1.0, 1.5 * max((abs(x.imag) for x in est), default=0.0) + 0.25)
     return max(float(lo), 1e-3) + EDGE_MARGIN, IM_MIN, im_hi
