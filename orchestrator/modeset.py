@@ -10,6 +10,7 @@ is compared with ``TE0`` of another.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -109,19 +110,25 @@ def guided_re_floor(eps: np.ndarray) -> float:
     return 0.0
 
 
+def peak_e_scale(components: Mapping[str, np.ndarray], e_names: Sequence[str], i: int
+                 ) -> complex | None:
+    """The complex factor that makes |E| = 1 at sample ``i`` of ``components``, with the
+    dominant E component real and positive there (None where E vanishes)."""
+    e2 = sum(abs(components[k][i]) ** 2 for k in e_names)
+    if not e2 > 0:
+        return None
+    dom = max(e_names, key=lambda k: abs(components[k][i]))
+    return abs(components[dom][i]) / (math.sqrt(e2) * components[dom][i])
+
+
 def normalize_to_peak_e(components: Mapping[str, np.ndarray], e_names: Sequence[str]
                         ) -> dict[str, np.ndarray]:
     """Field components scaled so that max |E| = 1 on the grid, with the dominant E component
     real and positive there (the convention of every backend's ``field_*`` variables)."""
     comps = dict(components)
     e2 = sum(np.abs(comps[k]) ** 2 for k in e_names)
-    imax = int(np.argmax(e2))
-    if e2[imax] > 0:
-        dom = max(e_names, key=lambda k: abs(comps[k][imax]))
-        phase = comps[dom][imax] / abs(comps[dom][imax])
-        scale = 1.0 / (np.sqrt(e2[imax]) * phase)
-        comps = {k: v * scale for k, v in comps.items()}
-    return comps
+    scale = peak_e_scale(comps, e_names, int(np.argmax(e2)))
+    return comps if scale is None else {k: v * scale for k, v in comps.items()}
 
 
 def modes_dataset(

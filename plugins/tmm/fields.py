@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from qdcavity.modeset import peak_e_scale
+
 from .modes import _Ctx, _ctx, _expm1_pair, _sqrt_proper, _sqrt_sheet
 
 __all__ = ["Confinement", "confinement", "confinements", "gain_overlap", "mode_profile"]
@@ -217,16 +219,14 @@ def mode_profile(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _M
     c = _coef_for(n, d_nm, wavelength_nm, mode)
     z = np.asarray(z_nm, dtype=float)
     comps, e2, med = _components(c, z)
+    e_names = ("Ex", "Ez") if c.tm else ("Ey",)
+    scale = None
     if normalize == "stack":
-        ref, ref_e2, _ = _components(c, np.array([_peak(c)]))
-        i = 0
-    else:
-        ref, ref_e2, i = comps, e2, int(np.argmax(e2)) if z.size else 0
-    if ref_e2.size and ref_e2[i] > 0:
-        e_names = ("Ex", "Ez") if c.tm else ("Ey",)
-        dom = max(e_names, key=lambda k: abs(ref[k][i]))
-        scale = abs(ref[dom][i]) / (math.sqrt(ref_e2[i]) * ref[dom][i])
-        e2 = e2 / ref_e2[i]
+        scale = peak_e_scale(_components(c, np.array([_peak(c)]))[0], e_names, 0)
+    elif z.size:
+        scale = peak_e_scale(comps, e_names, int(np.argmax(e2)))
+    if scale is not None:
+        e2 = e2 * abs(scale) ** 2
         comps = {k: v * scale for k, v in comps.items()}
     if c.tm:
         sx = (-(comps["Ez"] * np.conj(comps["Hy"]))).real
