@@ -346,6 +346,12 @@ def _mode_sim(mp, struct, lay, kx, comp, res, sources, interfaces):
                     boundary_layers=layers, k_point=mp.Vector3(kx, 0, 0), eps_averaging=False)
 
 
+def cladding_eps(struct, f0):
+    """Re(eps) of the substrate and the superstrate at frequency ``f0`` (Meep units)."""
+    return [float(eps_of(struct["media"][idx], f0).real)
+            for idx in (struct["substrate"], struct["superstrate"])]
+
+
 def mode_cell(struct, f0, neff, num, res):
     """Layout of the Bloch cell for modes of index about ``neff``, with per side the cladding
     padding (:func:`tail_padding`) and the boundary layer: a PML where the mode radiates into
@@ -355,11 +361,8 @@ def mode_cell(struct, f0, neff, num, res):
     absorbs by itself: the padding is many skin depths)."""
     lay = Layout(struct["thicknesses"], res, num["pml"],
                  *[max(tail_padding(struct, f0, neff, num))] * 2)
-    sides = []
-    for idx in (struct["substrate"], struct["superstrate"]):
-        eps = float(eps_of(struct["media"][idx], f0).real)
-        sides.append("none" if eps < 0 else "absorber" if eps < neff * neff else "pml")
-    lay.sides = tuple(sides)
+    lay.sides = tuple("none" if eps < 0 else "absorber" if eps < neff * neff else "pml"
+                      for eps in cladding_eps(struct, f0))
     return lay
 
 
@@ -440,8 +443,7 @@ def tail_padding(struct, f0, neff, num):
     perturbs the mode; a PML it reaches can even make the Bloch resonance grow). Between
     ``padding`` and ``max_padding``; claddings the mode radiates into keep ``padding``."""
     pads = []
-    for idx in (struct["substrate"], struct["superstrate"]):
-        eps = float(eps_of(struct["media"][idx], f0).real)
+    for eps in cladding_eps(struct, f0):
         pad = float(num["padding"])
         if 0 < eps < neff * neff:
             q = 2 * math.pi * f0 * math.sqrt(neff * neff - eps)
@@ -461,8 +463,7 @@ def _continuum(neff, n_lo, struct, f0):
     boundaries, not the stack, set its frequency and decay."""
     if neff <= n_lo:
         return f"neff {neff:.5f} below the light line of the lower cladding ({n_lo:.5f})"
-    for idx in (struct["substrate"], struct["superstrate"]):
-        eps = float(eps_of(struct["media"][idx], f0).real)
+    for eps in cladding_eps(struct, f0):
         if eps > 0 and math.sqrt(eps) * (1 - GLANCING) < neff < math.sqrt(eps):
             return f"neff {neff:.5f} glancing below a cladding index {math.sqrt(eps):.5f}"
     return ""
