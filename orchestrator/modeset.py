@@ -110,6 +110,32 @@ def guided_re_floor(eps: np.ndarray) -> float:
     return 0.0
 
 
+def mode_branch(eps_claddings: Mapping[str, complex], kz: Mapping[str, complex],
+                neff: complex) -> str:
+    """How a mode meets its claddings, from each cladding's eps and normalized kz (kz / k0,
+    on the mode's sheet): "leaky" if some kz grows away from the stack (Im kz < 0),
+    "substrate-radiating" if it propagates into a cladding whose Re(eps) exceeds Re(neff^2),
+    else "bound" (to 1e-12 relative)."""
+    nn = neff * neff
+    scale = 1e-12 * (1 + abs(neff))
+    if any(k.imag < -scale for k in kz.values()):
+        return "leaky"
+    if any((eps_claddings[c] - nn).real > 0 and kz[c].real > scale for c in kz):
+        return "substrate-radiating"
+    return "bound"
+
+
+def mode_material_kind(eps: np.ndarray, neff: complex) -> str:
+    """"plasmonic" above the largest Re(n) of the dielectric layers (of the dielectric media
+    if no layer is one), else "photonic"."""
+    layers = eps[1:-1]
+    diel = layers[layers.real > 0]
+    if diel.size == 0:
+        diel = eps[eps.real > 0]
+    nmax = float(np.sqrt(diel).real.max()) if diel.size else 0.0
+    return "plasmonic" if neff.real > nmax else "photonic"
+
+
 def peak_e_scale(components: Mapping[str, np.ndarray], e_names: Sequence[str], i: int
                  ) -> complex | None:
     """The complex factor that makes |E| = 1 at sample ``i`` of ``components``, with the

@@ -72,7 +72,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from qdcavity.modeset import guided_re_floor, mode_labels, plasmon_estimates, radiating_claddings
+from qdcavity.modeset import (
+    guided_re_floor,
+    mode_branch,
+    mode_labels,
+    mode_material_kind,
+    plasmon_estimates,
+    radiating_claddings,
+)
 
 __all__ = [
     "Mode",
@@ -911,29 +918,13 @@ def _classify(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool,
            "superstrate": complex(_sqrt_sheet(np.complex128(epsc["superstrate"] - nn), out_c))}
     branch = {"substrate": "outgoing" if out_s else "proper",
               "superstrate": "outgoing" if out_c else "proper"}
-    scale = 1e-12 * (1 + abs(neff))
-    if any(k.imag < -scale for k in kap.values()):
-        kind_branch = "leaky"
-    elif any((epsc[c] - nn).real > 0 and kap[c].real > scale for c in kap):
-        kind_branch = "substrate-radiating"
-    else:
-        kind_branch = "bound"
-    kind_material = "plasmonic" if neff.real > _nmax_dielectric(eps) else "photonic"
+    kind_branch = mode_branch(epsc, kap, neff)
+    kind_material = mode_material_kind(eps, neff)
     alpha = 4 * math.pi * neff.imag / (wavelength_nm * 1e-7)
     return Mode(neff=neff, polarization="TM" if tm else "TE",
                 wavelength_nm=float(wavelength_nm), alpha_cm=float(alpha),
                 kind_material=kind_material, kind_branch=kind_branch, kz_branch=branch,
                 kz_cladding={c: ctx.k0 * k for c, k in kap.items()})
-
-
-def _nmax_dielectric(eps: np.ndarray) -> float:
-    """Largest Re(n) of the dielectric layers (of the dielectric media if no layer is one):
-    modes above it are plasmonic."""
-    layers = eps[1:-1]
-    diel = layers[layers.real > 0]
-    if diel.size == 0:
-        diel = eps[eps.real > 0]
-    return float(np.sqrt(diel).real.max()) if diel.size else 0.0
 
 
 def _label(modes: list[Mode]) -> list[Mode]:

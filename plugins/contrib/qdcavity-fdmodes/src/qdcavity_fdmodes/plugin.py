@@ -50,7 +50,9 @@ from qdcavity.modeset import (
     ModeRecord,
     field_grid,
     guided_re_floor,
+    mode_branch,
     mode_labels,
+    mode_material_kind,
     modes_dataset,
     normalize_to_peak_e,
     plasmon_estimates,
@@ -315,20 +317,8 @@ def _classify(eps: np.ndarray, m: Any, pol: str, k0: float) -> _Found:
         if not out and s.imag < 0:
             s = -s
         sheets[name], kap[name] = out, s
-    scale = 1e-12 * (1 + abs(neff))
-    epsc = {"substrate": eps[0], "superstrate": eps[-1]}
-    if any(k.imag < -scale for k in kap.values()):
-        branch = "leaky"
-    elif any((epsc[c] - nn).real > 0 and kap[c].real > scale for c in kap):
-        branch = "substrate-radiating"
-    else:
-        branch = "bound"
-    layers = eps[1:-1]
-    diel = layers[layers.real > 0]
-    if diel.size == 0:
-        diel = eps[eps.real > 0]
-    nmax = float(np.sqrt(diel).real.max()) if diel.size else 0.0
-    kind = "plasmonic" if neff.real > nmax else "photonic"
+    branch = mode_branch({"substrate": eps[0], "superstrate": eps[-1]}, kap, neff)
+    kind = mode_material_kind(eps, neff)
     return _Found(m, pol, kind, branch, sheets, {c: k0 * k for c, k in kap.items()})
 
 
