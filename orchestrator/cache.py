@@ -185,7 +185,7 @@ def _direct_parts(ds: xr.Dataset) -> _Parts | None:
     """The same parts read from the slots xarray's public properties read (``_variables``,
     ``_coord_names``, and per variable ``_dims``, ``_attrs``, ``_data``), or None for
     anything else: data that is not in memory as numpy or a pandas index (dask, lazily
-    loaded files), or an xarray whose internals differ. Encoding is most of a 1 ms TMM
+    loaded files), or an xarray whose internals differ. Encoding is the largest part of a 1 ms TMM
     task's bookkeeping, and xarray's properties (a mapping proxy per call, a version check
     per ``.values``) were about 40 % of it (41 -> 23 us per TMM result with the rest of this
     change). ``tests/test_sweep_cache.py`` checks that both paths agree."""
