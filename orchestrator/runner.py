@@ -19,7 +19,7 @@ from .progress import SweepProgress
 from .registry import default_registry, get_backend
 from .stack import load_stack
 from .study import Study, load_study
-from .tasks import Task, TaskResult, run_task
+from .tasks import Task, TaskResult, key_from_prefix, run_task
 
 Executor = Callable[[Sequence[Task], Study], list[TaskResult]]
 _MISSING = object()
@@ -45,6 +45,7 @@ def expand(study: Study, backend: str | None = None) -> list[Task]:
     refs: dict[str | None, str] = {}
     analyses_memo: dict[str, dict[str, Any]] = {}
     tasks: list[Task] = []
+    options = dict(study.backend_options)  # one object for all tasks: its key part is built once
     for point in sweep_points(study):
         stack_overrides = {k: v for k, v in point.items()
                            if k not in SPECIAL_AXES and k.partition(".")[0] not in labels}
@@ -70,7 +71,7 @@ def expand(study: Study, backend: str | None = None) -> list[Task]:
             tasks.append(Task(
                 stack=stack, analysis=analysis, analysis_name=name,
                 backend=point.get("backend", backend or study.backend),
-                options=dict(study.backend_options), point=point, index=len(tasks),
+                options=options, point=point, index=len(tasks),
             ))
     check_backends(tasks)
     return tasks
@@ -293,10 +294,17 @@ def combine(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Da
 def task_keys(tasks: Sequence[Task]) -> list[str]:
     """Each task's cache key; an unknown backend (e.g. on the ``backend`` axis) fails here."""
     versions: dict[str, str] = {}
+    prefixes: dict[tuple[int, str, int], str] = {}  # by the objects' ids: all alive here
+    keys = []
     for task in tasks:
         if task.backend not in versions:
             versions[task.backend] = get_backend(task.backend).version
-    return [task.key(versions[task.backend]) for task in tasks]
+        which = (id(task.analysis), task.backend, id(task.options))
+        prefix = prefixes.get(which)
+        if prefix is None:
+            prefix = prefixes[which] = task.key_prefix(versions[task.backend])
+        keys.append(key_from_prefix(prefix, task.stack.canonical_json))
+    return keys
 
 
 def study_cache(study: Study, cache_dir: str | Path | None = None) -> TaskCache:

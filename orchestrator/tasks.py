@@ -42,14 +42,22 @@ class Task:
         """SHA-256 of ``canonical_dumps({"analysis", "backend", "backend_version", "options",
         "stack"})`` (``default=str`` for option values), assembled from the stack's and the
         analysis' cached canonical JSON."""
+        return key_from_prefix(self.key_prefix(backend_version), self.stack.canonical_json)
+
+    def key_prefix(self, backend_version: str) -> str:
+        """The canonical JSON of the key up to the stack's: the same for every task of one
+        analysis, backend and options (:func:`qdcavity.runner.task_keys` builds it once)."""
         options = {k: v for k, v in self.options.items() if k not in NON_RESULT_OPTIONS}
-        options_json = canonical_dumps(options, default=str)
-        text = (f'{{"analysis":{self.analysis.canonical_json},'
+        return (f'{{"analysis":{self.analysis.canonical_json},'
                 f'"backend":{json.dumps(self.backend)},'
                 f'"backend_version":{json.dumps(backend_version)},'
-                f'"options":{options_json},'
-                f'"stack":{self.stack.canonical_json}}}')
-        return hashlib.sha256(text.encode()).hexdigest()
+                f'"options":{canonical_dumps(options, default=str)},'
+                f'"stack":')
+
+
+def key_from_prefix(prefix: str, stack_json: str) -> str:
+    """:meth:`Task.key` from its :meth:`Task.key_prefix` and the stack's canonical JSON."""
+    return hashlib.sha256(f"{prefix}{stack_json}}}".encode()).hexdigest()
 
 
 @dataclass

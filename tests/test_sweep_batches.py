@@ -308,6 +308,24 @@ def test_task_keys_unchanged_by_shared_layers() -> None:
     assert task.key("9") == hashlib.sha256(text.encode()).hexdigest()
 
 
+def test_task_keys_built_from_shared_prefixes_equal_each_tasks_key() -> None:
+    """task_keys builds the key text before the stack once per analysis, backend and options
+    object; every key must still be the task's own, across analyses and backends."""
+    from qdcavity.runner import get_backend
+
+    modes = Study(name="t", stack="TE-DIZO", backend_options={"x": 1, "work_dir": "/w"},
+                  analyses=[{"kind": "modes", "wavelength_nm": [630]}],
+                  sweep={"axes": {"QD.thickness_nm": [20.0, 30.0],
+                                  "backend": ["tmm", "fdmodes"]}, "mode": "product"})
+    tasks = expand(modes) + sweep_tasks(2, 2)
+    assert len({(t.analysis.kind, t.backend) for t in tasks}) == 3
+    expected = [t.key(get_backend(t.backend).version) for t in tasks]
+    assert task_keys(tasks) == expected and len(set(expected)) == len(tasks)
+    loose = [Task(stack=t.stack, analysis=t.analysis, analysis_name=t.analysis_name,
+                  backend=t.backend, options={"x": 2}, point=t.point) for t in tasks]
+    assert set(task_keys(loose)).isdisjoint(expected)  # other options, other keys
+
+
 def test_resized_layers_keep_the_spelling_of_their_own_material() -> None:
     """Two stacks whose layer materials are spelled differently but mean the same thing do not
     share resized layers: each keeps its own spelling."""
