@@ -22,7 +22,6 @@ from .cache import (
     CacheError,
     Record,
     TaskCache,
-    encode_dataset,
     encode_record,
     record_columns,
     records_from_columns,
@@ -43,23 +42,22 @@ ENCODE_CHUNK = 16
 
 
 def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
-              cache: tuple[str, str, float] | None = None, records: bool = False
-              ) -> dict[str, Any]:
+              cache: tuple[str, str, float] | None = None) -> dict[str, Any]:
     """Run tasks one after the other (on a worker); never raises for a task's own error.
 
-    Each result carries its dataset encoded (``payload``; the dataset itself if it cannot be
-    encoded). With ``cache = (folder, token, flush_s)`` and that folder visible here (a local
-    cluster, a shared file system under SLURM), finished tasks are also written to the cache
-    right here (``written``), grouped into one pack file per ``flush_s`` seconds of work (a
-    task that takes longer is written alone as soon as it is done); otherwise the client
-    writes them. ``records=True`` (the batch runs in the client's process): each result also
-    carries the :class:`~qdcavity.cache.Record` its payload decodes to (``record``).
+    Each result carries its dataset encoded (``payload``) and the
+    :class:`~qdcavity.cache.Record` that payload decodes to (``record``), or, if it cannot be
+    encoded, the dataset itself (``dataset``). With ``cache = (folder, token, flush_s)`` and
+    that folder visible here (a local cluster, a shared file system under SLURM), finished
+    tasks are also written to the cache right here (``written``), grouped into one pack file
+    per ``flush_s`` seconds of work (a task that takes longer is written alone as soon as it
+    is done); otherwise the client writes them.
     """
     from .registry import default_registry
 
     default_registry()  # plugin loading is start-up cost, not solver time
     store = TaskCache.if_shared(*cache[:2]) if cache and keys else None
-    batch = _BatchRun(tasks, keys, store, cache[2] if cache else 0.0, records)
+    batch = _BatchRun(tasks, keys, store, cache[2] if cache else 0.0)
     with sweep_gc():
         for task in tasks:
             batch.run(task)
@@ -98,7 +96,7 @@ def run_batch_packed(args: bytes) -> bytes:
     """
     with sweep_gc():  # Python's default threshold made unpickling the tasks 17-20 us each
         tasks, keys, cache = pickle.loads(args)
-        out = run_batch(tasks, keys, cache, records=True)
+        out = run_batch(tasks, keys, cache)
         out["blocks"] = _record_blocks(out["results"])
         return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -145,9 +143,8 @@ class _BatchRun:
     """
 
     def __init__(self, tasks: Sequence[Task], keys: Sequence[str], store: TaskCache | None,
-                 flush_s: float, records: bool) -> None:
-        self.tasks, self.keys, self.store = tasks, keys, store
-        self.flush_s, self.records = flush_s, records
+                 flush_s: float) -> None:
+        self.tasks, self.keys, self.store, self.flush_s = tasks, keys, store, flush_s
         self.where = worker_identity()
         self.out: list[dict[str, Any]] = []
         self.unencoded: list[tuple[int, xr.Dataset]] = []  # (index in out, dataset)
@@ -173,10 +170,7 @@ class _BatchRun:
         for j, ds in self.unencoded:
             item = self.out[j]
             try:
-                if self.records:
-                    payload, item["record"] = encode_record(ds)
-                else:
-                    payload = encode_dataset(ds)
+                payload, item["record"] = encode_record(ds)
             except CacheError:
                 item["dataset"] = ds  # sent as it is; the client decides what to do
                 continue

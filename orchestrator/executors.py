@@ -17,8 +17,8 @@ The driver (:func:`execute`) is the same for every executor:
   worker would be left idle at the end.
 
 Workers run :func:`qdcavity.batches.run_batch`, which encodes each dataset for the cache itself
-(the client at most writes bytes and decodes them), so the client stays light at thousands of
-tasks a second.
+and hands back its decoded record (the client at most writes the bytes), so the client stays
+light at thousands of tasks a second.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from .batches import (
     unpack_batch,
     worker_identity,
 )
-from .cache import TaskCache, decode_dataset, decode_record
+from .cache import TaskCache
 from .errors import ConfigError, QdcavityError
 from .progress import NullProgress, SweepProgress
 from .tasks import Task, TaskResult
@@ -198,7 +198,7 @@ class InlinePool:
     def wait(self, handles: Any, timeout: float) -> list[tuple[Any, Any]]:
         handle, args = self._queue.popleft()
         try:
-            return [(handle, run_batch(*args, records=True))]
+            return [(handle, run_batch(*args))]
         except Exception as exc:  # noqa: BLE001  e.g. an encoding bug: fail the batch only
             return [(handle, exc)]
 
@@ -697,10 +697,8 @@ class Driver:
             meta = {"backend": self.tasks[self.by_key[key][0]].backend,
                     "seconds": round(item["seconds"], 6), "by": worker_identity()}
             self._unwritten.append((key, payload, meta))
-        if record is not None:  # decoded already, or computed in this process
+        if record is not None:  # what the payload decodes to (an unencodable result: ds)
             ds = record if self.raw else record.to_dataset()
-        elif payload is not None:
-            ds = decode_record(payload) if self.raw else decode_dataset(payload)
         self._set(key, "ok", ds, seconds=item["seconds"])
         self.report.n_computed += n
         return n, 0

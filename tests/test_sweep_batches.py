@@ -75,7 +75,7 @@ def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) ->
     tasks = sweep_tasks(ENCODE_CHUNK + 3, 2)  # more than one encoding group
     keys = task_keys(tasks)
     cache = TaskCache(tmp_path)
-    out = run_batch(tasks, keys, (str(cache.root), cache.token(), 60.0), records=True)
+    out = run_batch(tasks, keys, (str(cache.root), cache.token(), 60.0))
     items = out["results"]
     assert [it["index"] for it in items] == [t.index for t in tasks]
     assert all(it["status"] == "ok" and it["written"] for it in items)
@@ -84,8 +84,9 @@ def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) ->
     for key, item in zip(keys, items, strict=True):
         assert item["payload"] == reader.get_payload(key)
         assert same_record(item["record"], decode_record(item["payload"]))
-    plain = run_batch(tasks[:3])  # no cache, not in-process: payloads only
-    assert all(it["payload"] and "record" not in it and not it["written"]
+    plain = run_batch(tasks[:3])  # no cache: nothing written, records as always
+    assert all(it["payload"] and not it["written"]
+               and same_record(it["record"], decode_record(it["payload"]))
                for it in plain["results"])
 
 
@@ -203,7 +204,7 @@ def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.Monk
         return res
 
     monkeypatch.setattr(batches, "run_task", run_task)
-    items = run_batch(tasks, records=True)["results"]
+    items = run_batch(tasks)["results"]
     assert items[1]["payload"] is None and isinstance(items[1]["dataset"], xr.Dataset)
     assert items[0]["payload"] and items[2]["payload"] and items[0]["dataset"] is None
 
