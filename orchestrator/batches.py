@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import (
     CacheError,
-    Record,
+    Encoded,
     TaskCache,
-    encode_record,
-    record_columns,
+    encode_result,
     records_from_columns,
+    result_columns,
 )
 from .tasks import Task, run_task
 
@@ -45,24 +45,27 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
               cache: tuple[str, str, float] | None = None) -> dict[str, Any]:
     """Run tasks one after the other (on a worker); never raises for a task's own error.
 
-    Each result carries its dataset encoded (``payload``) and the
-    :class:`~qdcavity.cache.Record` that payload decodes to (``record``), or, if it cannot be
-    encoded, the dataset itself (``dataset``). With ``cache = (folder, token, flush_s)`` and
-    that folder visible here (a local cluster, a shared file system under SLURM), finished
-    tasks are also written to the cache right here (``written``), grouped into one pack file
-    per ``flush_s`` seconds of work (a task that takes longer is written alone as soon as it
-    is done); otherwise the client writes them.
+    Returns ``{"where", "results", "blocks"}``: per task its status, timings and, with a
+    cache, its encoded dataset (``payload``), or the dataset itself if it cannot be encoded
+    (``dataset``); the encoded results' arrays as columns per structure (``blocks``), which
+    :func:`with_records` turns into each result's :class:`~qdcavity.cache.Record`. With
+    ``cache = (folder, token, flush_s)`` and that folder visible here (a local cluster, a
+    shared file system under SLURM), finished tasks are also written to the cache right here
+    (``written``; their payloads stay behind), grouped into one pack file per ``flush_s``
+    seconds of work (a task that takes longer is written alone as soon as it is done);
+    otherwise the client writes them. Without a cache no payload is built at all.
     """
     from .registry import default_registry
 
     default_registry()  # plugin loading is start-up cost, not solver time
     store = TaskCache.if_shared(*cache[:2]) if cache and keys else None
-    batch = _BatchRun(tasks, keys, store, cache[2] if cache else 0.0)
+    batch = _BatchRun(tasks, keys, store, cache[2] if cache else 0.0,
+                      with_payloads=bool(cache and keys))
     with sweep_gc():
         for task in tasks:
             batch.run(task)
         batch.flush()
-    return {"where": batch.where, "results": batch.out}
+    return {"where": batch.where, "results": batch.out, "blocks": batch.blocks()}
 
 
 def pack_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
@@ -84,48 +87,28 @@ def pack_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
 
 def run_batch_packed(args: bytes) -> bytes:
     """:func:`run_batch` of the arguments :func:`pack_batch` packed, for a dask worker; its
-    result pickled into one bytes object, with the results' arrays as columns.
+    result pickled into one bytes object.
 
     dask handles a returned structure of many small objects piece by piece; one bytes object
     of the same content saved the client process 8 ms of CPU per batch of 270 TMM results.
-    The records of the results (what decoding their payloads would give) travel as columns
-    per structure (:func:`~qdcavity.cache.record_columns`), and the payloads the worker wrote
-    to the cache itself stay behind: the client rebuilds the records as views of the columns
-    in :func:`unpack_batch` instead of decoding every payload. Only qdcavity's own workers and
-    client exchange these bytes (the cache never holds pickles).
+    The results' arrays travel as columns per structure, so the client rebuilds the records
+    as views of the columns (:func:`unpack_batch`) instead of decoding every payload. Only
+    qdcavity's own workers and client exchange these bytes (the cache never holds pickles).
     """
     with sweep_gc():  # Python's default threshold made unpickling the tasks 17-20 us each
         tasks, keys, cache = pickle.loads(args)
-        out = run_batch(tasks, keys, cache)
-        out["blocks"] = _record_blocks(out["results"])
-        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _record_blocks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Takes each result's record out into blocks of one structure: rows (indices in
-    ``results``), attributes and stacked arrays. Records of one structure share its
-    variables list (see :func:`~qdcavity.cache.decode_record`)."""
-    groups: dict[int, tuple[list[int], list[Record], bytes]] = {}
-    for j, item in enumerate(results):
-        record = item.pop("record", None)
-        if record is None:
-            continue
-        rows, records, payload = groups.setdefault(id(record.variables), ([], [], item["payload"]))
-        rows.append(j)
-        records.append(record)
-        if item["written"]:
-            item["payload"] = None  # in the cache already: the client needs only the record
-    blocks = []
-    for rows, records, payload in groups.values():
-        structure, arrays = record_columns(records, payload)
-        blocks.append({"rows": rows, "structure": structure, "arrays": arrays,
-                       "attrs": [r.attrs for r in records]})
-    return blocks
+        return pickle.dumps(run_batch(tasks, keys, cache), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack_batch(blob: bytes) -> dict[str, Any]:
-    """The result of :func:`run_batch_packed`, each result with its ``record`` again."""
-    out = pickle.loads(blob)
+    """The result of :func:`run_batch_packed`, each result with its ``record``."""
+    return with_records(pickle.loads(blob))
+
+
+def with_records(out: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_batch`'s result with each encoded result's ``record`` (what decoding its
+    payload gives: read-only views of the block's columns, see
+    :func:`~qdcavity.cache.records_from_columns`)."""
     results = out["results"]
     for block in out.pop("blocks"):
         records = records_from_columns(block["structure"], block["attrs"], block["arrays"])
@@ -143,11 +126,13 @@ class _BatchRun:
     """
 
     def __init__(self, tasks: Sequence[Task], keys: Sequence[str], store: TaskCache | None,
-                 flush_s: float) -> None:
+                 flush_s: float, with_payloads: bool) -> None:
         self.tasks, self.keys, self.store, self.flush_s = tasks, keys, store, flush_s
+        self.with_payloads = with_payloads
         self.where = worker_identity()
         self.out: list[dict[str, Any]] = []
         self.unencoded: list[tuple[int, xr.Dataset]] = []  # (index in out, dataset)
+        self.encoded: dict[bytes, tuple[list[int], list[Encoded]]] = {}  # by structure
         self.unwritten: list[tuple[int, tuple[str, bytes, dict[str, Any]]]] = []
         self.last_flush = time.perf_counter()
 
@@ -170,15 +155,18 @@ class _BatchRun:
         for j, ds in self.unencoded:
             item = self.out[j]
             try:
-                payload, item["record"] = encode_record(ds)
+                enc = encode_result(ds, self.with_payloads)
             except CacheError:
                 item["dataset"] = ds  # sent as it is; the client decides what to do
                 continue
-            item["payload"] = payload
+            rows, results = self.encoded.setdefault(enc.structure, ([], []))
+            rows.append(j)
+            results.append(enc)
+            item["payload"] = enc.payload
             if self.store is not None:
                 meta = {"backend": self.tasks[j].backend, "seconds": round(item["seconds"], 6),
                         "by": self.where}
-                self.unwritten.append((j, (self.keys[j], payload, meta)))
+                self.unwritten.append((j, (self.keys[j], enc.payload, meta)))
         self.unencoded.clear()
 
     def flush(self) -> None:
@@ -189,10 +177,18 @@ class _BatchRun:
                 self.store.put_many([item for _, item in self.unwritten])
                 for j, _ in self.unwritten:
                     self.out[j]["written"] = True
+                    self.out[j]["payload"] = None  # in the cache: the client needs the record
             except OSError:
                 self.store = None  # the client writes what is left
         self.unwritten.clear()
         self.last_flush = time.perf_counter()
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """The encoded results per structure: rows (indices in ``out``), attributes and
+        arrays stacked into columns."""
+        return [{"rows": rows, "structure": structure, "arrays": result_columns(results),
+                 "attrs": [r.attrs for r in results]}
+                for structure, (rows, results) in self.encoded.items()]
 
 
 #: first-generation threshold of the garbage collector during a sweep (Python's default: 700)

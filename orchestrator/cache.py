@@ -393,37 +393,42 @@ def encode_dataset(ds: xr.Dataset) -> bytes:
     the dataset's attributes, so the thousands of results of a sweep, which differ only in
     data and attributes, share one structure text, built and parsed once per process.
     """
-    return _encode(ds)[0]
-
-
-def encode_record(ds: xr.Dataset) -> tuple[bytes, Record]:
-    """The payload of a dataset and the :class:`Record` that decoding it would give (the
-    attributes as their JSON round trip makes them), without decoding it: for results that
-    stay in this process."""
-    payload, arrays, structure = _encode(ds)
-    variables, layout, _, stored = _layout(structure)
-    variables = _own_variables(variables, stored)
-    attrs = {str(k): v if type(v) is str else _from_json(json.loads(json.dumps(_json_value(v))))
-             for k, v in ds.attrs.items()}
-    views = []
-    for arr, (dtype, shape, _, _) in zip(arrays, layout, strict=True):
-        view = (arr if arr.dtype == dtype else arr.astype(dtype)).reshape(shape).view()
-        view.flags.writeable = False  # read-only, as decoded arrays are
-        views.append(view)
-    return payload, Record(attrs, variables, views)
-
-
-def _encode(ds: xr.Dataset) -> tuple[bytes, list[np.ndarray], bytes]:
     parts = _parts(ds)
-    arrays = parts.arrays
+    return _payload(_structure(parts), ds.attrs, parts.arrays)
+
+
+class Encoded(NamedTuple):
+    """A result taken apart on a worker: its structure (the JSON :func:`encode_dataset`
+    writes), its attributes as decoding the payload gives them, its arrays, and the payload
+    itself when asked for (the bytes for the cache). Results of one structure travel as
+    columns (:func:`result_columns`) and come back as records (:func:`records_from_columns`)
+    that equal the decoded payloads, without a payload being decoded or, when nothing is
+    cached, built."""
+
+    structure: bytes
+    attrs: dict[str, Any]
+    arrays: list[np.ndarray]
+    payload: bytes | None
+
+
+def encode_result(ds: xr.Dataset, with_payload: bool = True) -> Encoded:
+    """``ds`` taken apart (CacheError if it cannot be stored)."""
+    parts = _parts(ds)
     structure = _structure(parts)
-    attrs = _encode_attrs(ds.attrs)
+    payload = _payload(structure, ds.attrs, parts.arrays) if with_payload else None
+    attrs = {str(k): v if type(v) is str else _from_json(json.loads(json.dumps(_json_value(v))))
+             for k, v in ds.attrs.items()}  # the JSON round trip of decoding
+    return Encoded(structure, attrs, parts.arrays, payload)
+
+
+def _payload(structure: bytes, attrs: Mapping[Any, Any], arrays: Sequence[np.ndarray]) -> bytes:
+    encoded_attrs = _encode_attrs(attrs)
     head = b"".join((PAYLOAD_MAGIC, len(structure).to_bytes(8, "little"), structure,
-                     len(attrs).to_bytes(8, "little"), attrs))
-    parts = [head, b"\0" * (-len(head) % _ALIGN)]
+                     len(encoded_attrs).to_bytes(8, "little"), encoded_attrs))
+    pieces = [head, b"\0" * (-len(head) % _ALIGN)]
     for arr in arrays:
-        parts += [arr.tobytes(), b"\0" * (-arr.nbytes % _ALIGN)]
-    return b"".join(parts), arrays, structure
+        pieces += [arr.tobytes(), b"\0" * (-arr.nbytes % _ALIGN)]
+    return b"".join(pieces)
 
 
 def _layout(structure: bytes) -> _Layout:
@@ -495,20 +500,16 @@ def _decode_record(payload: bytes) -> Record:
     return Record(attrs, variables, arrays)
 
 
-def record_columns(records: Sequence[Record], payload: bytes
-                   ) -> tuple[bytes, list[np.ndarray]]:
-    """Records decoded from one structure (``payload`` is any one of theirs) as columns:
-    that structure and, per variable, their arrays stacked along a new first axis. With
-    their attributes, :func:`records_from_columns` gives them back; a batch of results
-    travels from a worker to the client this way, and the client decodes nothing."""
-    n = int.from_bytes(payload[4:12], "little")
-    arrays = [np.stack(column) for column in zip(*(r.arrays for r in records), strict=True)]
-    return payload[12:12 + n], arrays
+def result_columns(results: Sequence[Encoded]) -> list[np.ndarray]:
+    """The arrays of results of one structure stacked, per variable, along a new first axis:
+    a batch of results travels from a worker to the client this way, and with their structure
+    and attributes :func:`records_from_columns` gives their records back."""
+    return [np.stack(column) for column in zip(*(r.arrays for r in results), strict=True)]
 
 
 def records_from_columns(structure: bytes, attrs: Sequence[dict[str, Any]],
                          arrays: Sequence[np.ndarray]) -> list[Record]:
-    """The records :func:`record_columns` stacked, with their attributes: read-only views
+    """The records of :func:`result_columns`, with their attributes: read-only views
     of the columns, sharing the memoized variables of their structure as decoded records do
     (ValueError if the structure is inconsistent)."""
     variables, _, _, stored = _layout(structure)

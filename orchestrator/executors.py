@@ -48,6 +48,7 @@ from .batches import (
     run_batch_packed,
     sweep_gc,
     unpack_batch,
+    with_records,
     worker_identity,
 )
 from .cache import TaskCache
@@ -198,7 +199,7 @@ class InlinePool:
     def wait(self, handles: Any, timeout: float) -> list[tuple[Any, Any]]:
         handle, args = self._queue.popleft()
         try:
-            return [(handle, run_batch(*args))]
+            return [(handle, with_records(run_batch(*args)))]
         except Exception as exc:  # noqa: BLE001  e.g. an encoding bug: fail the batch only
             return [(handle, exc)]
 

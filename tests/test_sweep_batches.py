@@ -23,12 +23,21 @@ from qdcavity.batches import (
     run_batch_packed,
     sweep_gc,
     unpack_batch,
+    with_records,
 )
-from qdcavity.cache import Record, TaskCache, decode_record, encode_dataset, encode_record
+from qdcavity.cache import (
+    Record,
+    TaskCache,
+    decode_record,
+    encode_dataset,
+    encode_result,
+    records_from_columns,
+    result_columns,
+)
 from qdcavity.runner import _stack_fast, expand, task_keys
 from qdcavity.stack import Stack, load_stack
 from qdcavity.study import Study
-from qdcavity.tasks import Task, TaskResult
+from qdcavity.tasks import Task, TaskResult, run_task
 
 
 def sweep_tasks(n_izo: int, n_qd: int) -> list[Task]:
@@ -55,39 +64,55 @@ def same_record(a: Record, b: Record) -> bool:
                     and np.array_equal(x, y) for x, y in zip(a.arrays, b.arrays, strict=True)))
 
 
-def test_encode_record_gives_what_decoding_gives() -> None:
-    tasks = sweep_tasks(1, 1)
-    from qdcavity.tasks import run_task
+def records_of(*datasets: xr.Dataset, with_payload: bool = True) -> list[Record]:
+    """The datasets through a worker's path: encoded, stacked as columns, records again."""
+    encoded = [encode_result(ds, with_payload) for ds in datasets]
+    assert len({e.structure for e in encoded}) == 1
+    return records_from_columns(encoded[0].structure, [e.attrs for e in encoded],
+                                result_columns(encoded))
 
-    for ds in (run_task(tasks[0]).dataset, odd_dataset()):
-        payload, record = encode_record(ds)
-        assert payload == encode_dataset(ds)
-        assert same_record(record, decode_record(payload))
-    assert not any(a.flags.writeable for a in record.arrays)  # read-only, as decoded ones
-    # lists among the attributes are the record's own (not shared with later records)
-    _, r1 = encode_record(odd_dataset())
-    _, r2 = encode_record(odd_dataset())
+
+def test_encoded_results_give_what_decoding_gives() -> None:
+    tasks = sweep_tasks(2, 1)
+
+    results = [run_task(t).dataset for t in tasks]
+    for group in (results, [odd_dataset(), odd_dataset()]):
+        for ds in group:
+            enc = encode_result(ds)
+            assert enc.payload == encode_dataset(ds)
+            assert encode_result(ds, with_payload=False).payload is None
+        for record, ds in zip(records_of(*group), group, strict=True):
+            assert same_record(record, decode_record(encode_dataset(ds)))
+            assert not any(a.flags.writeable for a in record.arrays)  # as decoded ones
+    # lists among the attributes are each record's own (not shared with later records)
+    r1, r2 = records_of(odd_dataset(), odd_dataset())
     r1.attrs["t"].append("x")
-    assert r2.attrs["t"] == [1, 2.5, "z"]
+    r1.variables[0]["attrs"]["arr"][0] = 99
+    assert r2.attrs["t"] == [1, 2.5, "z"] and r2.variables[0]["attrs"]["arr"][0] == 0
 
 
 def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) -> None:
     tasks = sweep_tasks(ENCODE_CHUNK + 3, 2)  # more than one encoding group
     keys = task_keys(tasks)
     cache = TaskCache(tmp_path)
-    out = run_batch(tasks, keys, (str(cache.root), cache.token(), 60.0))
+    out = with_records(run_batch(tasks, keys, (str(cache.root), cache.token(), 60.0)))
     items = out["results"]
     assert [it["index"] for it in items] == [t.index for t in tasks]
     assert all(it["status"] == "ok" and it["written"] for it in items)
     assert len(list((tmp_path / "packs").iterdir())) == 1  # one pack for the whole batch
     reader = TaskCache(tmp_path)
     for key, item in zip(keys, items, strict=True):
-        assert item["payload"] == reader.get_payload(key)
-        assert same_record(item["record"], decode_record(item["payload"]))
-    plain = run_batch(tasks[:3])  # no cache: nothing written, records as always
-    assert all(it["payload"] and not it["written"]
-               and same_record(it["record"], decode_record(it["payload"]))
-               for it in plain["results"])
+        assert item["payload"] is None  # written: the record is all the client needs
+        assert same_record(item["record"], decode_record(reader.get_payload(key)))
+    plain = with_records(run_batch(tasks[:3]))  # no cache: nothing written, no payload built
+    alone = [run_task(t).dataset for t in tasks[:3]]
+    assert all(it["payload"] is None and not it["written"]
+               and same_record(it["record"], decode_record(encode_dataset(ds)))
+               for it, ds in zip(plain["results"], alone, strict=True))
+    # a cache this process cannot see (the client writes): payloads travel
+    unseen = with_records(run_batch(tasks[:3], keys[:3], (str(tmp_path / "gone"), "x", 60.0)))
+    assert all(not it["written"] and it["payload"] == encode_dataset(ds)
+               for it, ds in zip(unseen["results"], alone, strict=True))
 
 
 def test_packed_batches_carry_the_same_results(tmp_path: Path) -> None:
@@ -97,11 +122,11 @@ def test_packed_batches_carry_the_same_results(tmp_path: Path) -> None:
     tasks = sweep_tasks(3, 2)
     blob = run_batch_packed(pack_batch(tasks))
     assert isinstance(blob, bytes)
-    packed, plain = unpack_batch(blob), run_batch(tasks)
+    packed, plain = unpack_batch(blob), with_records(run_batch(tasks))
     assert packed["where"] == plain["where"]
     for a, b in zip(packed["results"], plain["results"], strict=True):
-        assert a["payload"] == b["payload"] and a["status"] == b["status"] == "ok"
-        assert same_record(a["record"], decode_record(b["payload"]))
+        assert a["payload"] is b["payload"] is None and a["status"] == b["status"] == "ok"
+        assert same_record(a["record"], b["record"])
         assert not any(arr.flags.writeable for arr in a["record"].arrays)
     # records of one structure share its variables list, across batches too (fast combine)
     again = unpack_batch(run_batch_packed(pack_batch(tasks[:2])))
@@ -183,9 +208,8 @@ def test_packed_batches_keep_mixed_structures_and_own_attributes(
 
     monkeypatch.setattr(batches, "run_task", run_task)
     out = unpack_batch(run_batch_packed(pack_batch(tasks)))
-    plain = run_batch(tasks)
-    for a, b in zip(out["results"], plain["results"], strict=True):
-        assert same_record(a["record"], decode_record(b["payload"]))
+    for item, task in zip(out["results"], tasks, strict=True):
+        assert same_record(item["record"], decode_record(encode_dataset(run_task(task).dataset)))
     odd = [it["record"] for it in out["results"][1::2]]
     odd[0].attrs["t"].append("x")
     odd[0].variables[0]["attrs"]["arr"][0] = 99
@@ -204,9 +228,13 @@ def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.Monk
         return res
 
     monkeypatch.setattr(batches, "run_task", run_task)
-    items = run_batch(tasks)["results"]
+    keys = task_keys(tasks)
+    unseen_cache = ("/nonexistent/qdcavity-cache", "token", 60.0)  # the client writes
+    items = with_records(run_batch(tasks, keys, unseen_cache))["results"]
     assert items[1]["payload"] is None and isinstance(items[1]["dataset"], xr.Dataset)
-    assert items[0]["payload"] and items[2]["payload"] and items[0]["dataset"] is None
+    assert "record" not in items[1]
+    assert all(items[j]["payload"] and items[j]["dataset"] is None and items[j]["record"]
+               for j in (0, 2))
 
 
 def test_sweep_gc_raises_the_threshold_and_restores_it() -> None:
