@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from . import __version__
+from .batches import sweep_gc
 from .cache import Record, TaskCache, default_cache_dir
 from .errors import BackendError, ConfigError
 from .executors import ExecConfig, Report, execute
@@ -46,10 +47,11 @@ def expand(study: Study, backend: str | None = None) -> list[Task]:
     analyses_memo: dict[str, dict[str, Any]] = {}
     tasks: list[Task] = []
     options = dict(study.backend_options)  # one object for all tasks: its key part is built once
+    analysis_axes = [k for k in study.sweep.axes if k.partition(".")[0] in labels]
+    stack_axes = [k for k in study.sweep.axes if k not in SPECIAL_AXES and k not in analysis_axes]
     for point in sweep_points(study):
-        stack_overrides = {k: v for k, v in point.items()
-                           if k not in SPECIAL_AXES and k.partition(".")[0] not in labels}
-        analysis_overrides = {k: v for k, v in point.items() if k.partition(".")[0] in labels}
+        stack_overrides = {k: point[k] for k in stack_axes}
+        analysis_overrides = {k: point[k] for k in analysis_axes}
         ref = point.get("stack")
         if ref not in refs:
             refs[ref] = study.stack_ref(ref)
@@ -60,7 +62,7 @@ def expand(study: Study, backend: str | None = None) -> list[Task]:
         try:
             stack = base_cache[stack_name].with_overrides(stack_overrides) if stack_overrides \
                 else base_cache[stack_name]
-            memo_key = repr(sorted(analysis_overrides.items()))
+            memo_key = repr(sorted(analysis_overrides.items())) if analysis_overrides else ""
             if memo_key not in analyses_memo:
                 analyses_memo[memo_key] = study.analysis_objects(analysis_overrides)
             analyses = analyses_memo[memo_key]
@@ -339,24 +341,25 @@ def execute_study(study: Study | str | Path, backend: str | None = None,
     """
     if not isinstance(study, Study):
         study = load_study(study)
-    tasks = expand(study, backend)
-    if not tasks:
-        raise ConfigError("the study expands to no task")
-    keys = task_keys(tasks)
-    if callable(executor) and not isinstance(executor, str | ExecConfig):
-        results = executor(tasks, study)
-        report = Report(executor=getattr(executor, "__name__", "custom"), n_tasks=len(tasks),
-                        n_computed=sum(r.status == "ok" for r in results),
-                        n_failed=sum(r.status == "failed" for r in results))
-    else:
-        if resume and not use_cache:
-            raise ConfigError("--resume needs the cache (do not combine it with --no-cache)")
-        cfg = _exec_config(study, executor, exec_overrides)
-        cache = study_cache(study, cache_dir) if use_cache else None
-        results, report = execute(tasks, keys, cache, cfg, progress, raw=True)
-    ds = combine(study, tasks, results)
-    ds.attrs["run"] = report.as_attr()
-    return ds, report
+    with sweep_gc():  # expansion, keys and the combine make objects by the hundred thousand
+        tasks = expand(study, backend)
+        if not tasks:
+            raise ConfigError("the study expands to no task")
+        keys = task_keys(tasks)
+        if callable(executor) and not isinstance(executor, str | ExecConfig):
+            results = executor(tasks, study)
+            report = Report(executor=getattr(executor, "__name__", "custom"), n_tasks=len(tasks),
+                            n_computed=sum(r.status == "ok" for r in results),
+                            n_failed=sum(r.status == "failed" for r in results))
+        else:
+            if resume and not use_cache:
+                raise ConfigError("--resume needs the cache (do not combine it with --no-cache)")
+            cfg = _exec_config(study, executor, exec_overrides)
+            cache = study_cache(study, cache_dir) if use_cache else None
+            results, report = execute(tasks, keys, cache, cfg, progress, raw=True)
+        ds = combine(study, tasks, results)
+        ds.attrs["run"] = report.as_attr()
+        return ds, report
 
 
 def run_study(study: Study | str | Path, backend: str | None = None,

@@ -117,6 +117,11 @@ def _resized(layer: Layer, thickness_nm: float) -> Layer:
     return found[1]
 
 
+#: id of a stack -> (that stack, kept so that its id stays its own; its layer names; its fields
+#: but the layers): what each sweep point's variant of it shares (see Stack._with_thicknesses)
+_VARIANT_BASES: dict[int, tuple[Any, frozenset[str], dict[str, Any]]] = {}
+
+
 class Stack(CachedIdentity):
     """A planar multilayer. Build it with :func:`load_stack` or :meth:`from_dict`."""
 
@@ -221,8 +226,15 @@ class Stack(CachedIdentity):
     def _with_thicknesses(self, overrides: Mapping[str, Any]) -> Stack | None:
         """The common sweep case, only ``<layer>.thickness_nm`` changed and valid: a new stack
         without re-validating what did not change (None: take the general path)."""
+        base = _VARIANT_BASES.get(id(self))
+        if base is None:
+            if len(_VARIANT_BASES) >= 256:
+                _VARIANT_BASES.clear()
+            fields = {name: getattr(self, name) for name in type(self).model_fields
+                      if name != "layers"}
+            base = _VARIANT_BASES[id(self)] = (self, frozenset(self.layer_names), fields)
+        _, names, fields = base
         thickness: dict[str, float] = {}
-        names = set(self.layer_names)
         for key, value in overrides.items():
             head, _, attr = key.partition(".")
             if attr != "thickness_nm" or head not in names:
@@ -233,8 +245,7 @@ class Stack(CachedIdentity):
                 return None  # the general path reports it, naming the field
         layers = tuple(_resized(la, thickness[la.name]) if la.name in thickness else la
                        for la in self.layers)
-        fields = {name: getattr(self, name) for name in type(self).model_fields}
-        return Stack.model_construct(**{**fields, "layers": layers})
+        return Stack.model_construct(**fields, layers=layers)
 
     def addressable_fields(self) -> list[str]:
         out = ["substrate.material", "superstrate.material", "gain_layer", "emitter_layer"]

@@ -163,6 +163,11 @@ def test_thickness_overrides_fast_path_equals_full_validation(te_dizo: Stack) ->
     assert fast == full and fast.model_dump() == full.model_dump()
     assert fast.content_hash == full.content_hash != before
     assert isinstance(fast.layers[6].thickness_nm, float)
+    # later variants share what the first one remembered of the base stack
+    again = te_dizo.with_overrides({"QD.thickness_nm": 20.5, "IZO_top.thickness_nm": 77})
+    assert again == full and again.content_hash == full.content_hash
+    back = fast.with_overrides({"IZO_top.thickness_nm": 120.0, "QD.thickness_nm": 70})
+    assert back == te_dizo and back.content_hash == before
     for bad in (0, float("nan"), "thick", True):
         with pytest.raises(ConfigError, match=r"layers\[6\]\.thickness_nm"):
             te_dizo.with_overrides({"IZO_top.thickness_nm": bad})
