@@ -277,8 +277,16 @@ class _KnownStructure:
         is remembered and matched: other values compare equal across types (1 == 1.0 == True,
         a one-element array == its item) that encode differently, and dicts compare equal
         in any order."""
-        return (all(_text_items(a) for a in parts.attrs)
-                and tuple(tuple(a.items()) for a in parts.attrs) == self.attrs)
+        if len(parts.attrs) != len(self.attrs):
+            return False
+        for attrs, known in zip(parts.attrs, self.attrs):  # loops: 2 us where all() took 5
+            if len(attrs) != len(known):
+                return False
+            for (name, value), (known_name, known_value) in zip(attrs.items(), known):
+                if (type(name) is not str or type(value) is not str or name != known_name
+                        or value != known_value):
+                    return False
+        return True
 
 
 def _all_text(values: Any) -> bool:
