@@ -132,7 +132,15 @@ def steady_cluster(study: Any, workers: int, use_cache: bool = True) -> dict[str
 
 
 def breakdown(study: Any, n: int = 500) -> dict[str, float]:
-    """Per-task cost of each step, in microseconds, measured in this process (first n tasks)."""
+    """Per-task cost of each step, in microseconds, measured in this process (first n tasks),
+    under the sweep's garbage-collector setting as a run has it."""
+    from qdcavity.batches import sweep_gc
+
+    with sweep_gc():
+        return _breakdown(study, n)
+
+
+def _breakdown(study: Any, n: int) -> dict[str, float]:
     from qdcavity.cache import TaskCache, decode_record, encode_dataset
     from qdcavity.runner import combine, expand, task_keys
     from qdcavity.tasks import TaskResult, run_task

@@ -279,10 +279,11 @@ class _KnownStructure:
         in any order."""
         if len(parts.attrs) != len(self.attrs):
             return False
-        for attrs, known in zip(parts.attrs, self.attrs):  # loops: 2 us where all() took 5
+        for attrs, known in zip(parts.attrs, self.attrs, strict=True):  # loops: 2 us, all(): 5
             if len(attrs) != len(known):
                 return False
-            for (name, value), (known_name, known_value) in zip(attrs.items(), known):
+            for (name, value), (known_name, known_value) in zip(attrs.items(), known,
+                                                                strict=True):
                 if (type(name) is not str or type(value) is not str or name != known_name
                         or value != known_value):
                     return False

@@ -235,6 +235,9 @@ def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.Monk
     assert "record" not in items[1]
     assert all(items[j]["payload"] and items[j]["dataset"] is None and items[j]["record"]
                for j in (0, 2))
+    plain = with_records(run_batch(tasks))["results"]  # no cache: no payload, same outcome
+    assert isinstance(plain[1]["dataset"], xr.Dataset) and "record" not in plain[1]
+    assert all(plain[j]["payload"] is None and plain[j]["record"] for j in (0, 2))
 
 
 def test_sweep_gc_raises_the_threshold_and_restores_it() -> None:
