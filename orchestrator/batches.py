@@ -1,9 +1,9 @@
 """The worker side of a sweep: run a batch of tasks, encode their results, write the cache.
 
 :func:`run_batch` is what a dask worker (or the client itself, in-process) runs for each batch
-the driver in :mod:`qdcavity.executors` submits; it returns plain data (status, timings,
-encoded payloads), never raises for a task's own error, and writes finished results to the
-cache folder itself when it can see it.
+the driver in :mod:`qdcavity.executors` submits; it returns plain data (status and timings per
+task, the results' arrays as columns, the payloads the client is to write), never raises for
+a task's own error, and writes finished results to the cache folder itself when it can see it.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class _BatchRun:
     def __init__(self, tasks: Sequence[Task], keys: Sequence[str], store: TaskCache | None,
                  flush_s: float, with_payloads: bool) -> None:
         self.tasks, self.keys, self.store, self.flush_s = tasks, keys, store, flush_s
-        self.with_payloads = with_payloads
+        self.with_payloads = with_payloads or store is not None  # what is written is encoded
         self.where = worker_identity()
         self.out: list[dict[str, Any]] = []
         self.unencoded: list[tuple[int, xr.Dataset]] = []  # (index in out, dataset)
@@ -161,7 +161,7 @@ class _BatchRun:
                 continue
             rows, results = self.encoded.setdefault(enc.structure, ([], []))
             rows.append(j)
-            results.append(enc)
+            results.append(enc._replace(payload=None))  # the bytes go with the item only
             item["payload"] = enc.payload
             if self.store is not None:
                 meta = {"backend": self.tasks[j].backend, "seconds": round(item["seconds"], 6),

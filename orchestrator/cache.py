@@ -423,10 +423,14 @@ class Encoded(NamedTuple):
 def encode_result(ds: xr.Dataset, with_payload: bool = True) -> Encoded:
     """``ds`` taken apart (CacheError if it cannot be stored)."""
     parts = _parts(ds)
-    structure = _structure(parts)
-    payload = _payload(structure, ds.attrs, parts.arrays) if with_payload else None
-    attrs = {str(k): v if type(v) is str else _from_json(json.loads(json.dumps(_json_value(v))))
-             for k, v in ds.attrs.items()}  # the JSON round trip of decoding
+    try:
+        structure = _structure(parts)
+        payload = _payload(structure, ds.attrs, parts.arrays) if with_payload else None
+        attrs = {str(k): v if type(v) is str
+                 else _from_json(json.loads(json.dumps(_json_value(v))))
+                 for k, v in ds.attrs.items()}  # the JSON round trip of decoding
+    except (TypeError, ValueError) as exc:  # e.g. a datetime among the attributes
+        raise CacheError(f"an attribute cannot be stored ({exc})") from None
     return Encoded(structure, attrs, parts.arrays, payload)
 
 
@@ -513,7 +517,15 @@ def result_columns(results: Sequence[Encoded]) -> list[np.ndarray]:
     """The arrays of results of one structure stacked, per variable, along a new first axis:
     a batch of results travels from a worker to the client this way, and with their structure
     and attributes :func:`records_from_columns` gives their records back."""
-    return [np.stack(column) for column in zip(*(r.arrays for r in results), strict=True)]
+    return [_stacked(column) for column in zip(*(r.arrays for r in results), strict=True)]
+
+
+def _stacked(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """One column: a view of a lone array (a batch of one large result is not copied), else
+    the arrays stacked in their own byte order (``np.stack`` would make it native)."""
+    if len(arrays) == 1:
+        return arrays[0][np.newaxis]
+    return np.stack(arrays).astype(arrays[0].dtype, copy=False)
 
 
 def records_from_columns(structure: bytes, attrs: Sequence[dict[str, Any]],

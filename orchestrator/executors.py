@@ -16,9 +16,10 @@ The driver (:func:`execute`) is the same for every executor:
   grouped by the hundred; a Meep task that takes seconds runs alone), never so large that a
   worker would be left idle at the end.
 
-Workers run :func:`qdcavity.batches.run_batch`, which encodes each dataset for the cache itself
-and hands back its decoded record (the client at most writes the bytes), so the client stays
-light at thousands of tasks a second.
+Workers run :func:`qdcavity.batches.run_batch`, which writes each result to the cache itself
+(when it sees the folder) and hands the arrays back as columns, from which the client rebuilds
+the records without decoding anything (it at most writes the bytes a worker could not), so the
+client stays light at thousands of tasks a second.
 """
 
 from __future__ import annotations

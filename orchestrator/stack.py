@@ -227,13 +227,7 @@ class Stack(CachedIdentity):
         """The common sweep case, only ``<layer>.thickness_nm`` changed and valid: a new stack
         without re-validating what did not change (None: take the general path)."""
         base = _VARIANT_BASES.get(id(self))
-        if base is None:
-            if len(_VARIANT_BASES) >= 256:
-                _VARIANT_BASES.clear()
-            fields = {name: getattr(self, name) for name in type(self).model_fields
-                      if name != "layers"}
-            base = _VARIANT_BASES[id(self)] = (self, frozenset(self.layer_names), fields)
-        _, names, fields = base
+        names = base[1] if base is not None else frozenset(self.layer_names)
         thickness: dict[str, float] = {}
         for key, value in overrides.items():
             head, _, attr = key.partition(".")
@@ -243,9 +237,15 @@ class Stack(CachedIdentity):
                 thickness[head] = Layer._thickness(value)
             except ValueError:
                 return None  # the general path reports it, naming the field
+        if base is None:  # the fast path applies: remember what the variants share
+            if len(_VARIANT_BASES) >= 256:
+                _VARIANT_BASES.clear()
+            fields = {name: getattr(self, name) for name in type(self).model_fields
+                      if name != "layers"}
+            base = _VARIANT_BASES[id(self)] = (self, names, fields)
         layers = tuple(_resized(la, thickness[la.name]) if la.name in thickness else la
                        for la in self.layers)
-        return Stack.model_construct(**fields, layers=layers)
+        return Stack.model_construct(**base[2], layers=layers)
 
     def addressable_fields(self) -> list[str]:
         out = ["substrate.material", "superstrate.material", "gain_layer", "emitter_layer"]

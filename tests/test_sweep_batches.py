@@ -26,6 +26,7 @@ from qdcavity.batches import (
     with_records,
 )
 from qdcavity.cache import (
+    CacheError,
     Record,
     TaskCache,
     decode_record,
@@ -371,3 +372,27 @@ def test_resized_layers_keep_the_spelling_of_their_own_material() -> None:
     top = stacks[0].layers[-1].name
     for stack, spec in zip(stacks, specs, strict=True):
         assert stack.with_overrides({f"{top}.thickness_nm": 40.0}).layers[-1].material == spec
+
+
+def test_records_keep_byte_order_and_a_lone_result_is_not_copied() -> None:
+    """A result in big-endian order comes back in that order (as decoding gives it), and a
+    block of one result is a view of its arrays (a large field array is not copied)."""
+    big = xr.Dataset({"a": ("x", np.arange(3, dtype=">f8")), "s": ("x", np.array(["a", "bc", ""],
+                                                                                  dtype=">U2"))})
+    for record in records_of(big, big.copy(deep=True)):
+        assert same_record(record, decode_record(encode_dataset(big)))
+        assert record.arrays[0].dtype == np.dtype(">f8")
+    large = xr.Dataset({"field": (("y", "x"), np.ones((300, 400)))})
+    enc = encode_result(large, with_payload=False)
+    (column,) = result_columns([enc])
+    assert column.shape == (1, 300, 400) and np.shares_memory(column, enc.arrays[0])
+
+
+def test_an_attribute_json_cannot_hold_fails_that_result_only() -> None:
+    """A datetime among the attributes (numpy's becomes a datetime.datetime in JSON's hands) is
+    a CacheError, so the result travels as a dataset instead of failing the batch."""
+    ds = xr.Dataset({"a": ("x", np.arange(2.0))},
+                    attrs={"when": np.datetime64("2020-01-01T00:00:00")})
+    for with_payload in (True, False):
+        with pytest.raises(CacheError, match="cannot be stored"):
+            encode_result(ds, with_payload)
