@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 
 import pydantic
 import pytest
@@ -178,3 +179,16 @@ def test_indices_bleach_the_named_layer(te_dizo: Stack) -> None:
     assert n.shape == (1, 10)
     assert n[0, te_dizo.layer_position("QD")].imag == 0
     assert te_dizo.indices(630.0)[0, 5].imag > 0.02
+
+
+def test_pickles_leave_the_cached_identities_out(te_dizo: Stack) -> None:
+    """A stack (and its layers) travels to a worker without its cached canonical JSON and
+    hash, which are rebuilt there, equal, on first use."""
+    variant = te_dizo.with_overrides({"QD.thickness_nm": 33.5})
+    text, digest = variant.canonical_json, variant.content_hash
+    copy = pickle.loads(pickle.dumps(variant))
+    assert "canonical_json" not in copy.__dict__ and "content_hash" not in copy.__dict__
+    assert "canonical_json" not in copy.layers[0].__dict__
+    assert copy == variant and copy.canonical_json == text and copy.content_hash == digest
+    assert "canonical_json" in variant.__dict__  # the original keeps its own
+    assert len(pickle.dumps(variant)) < len(text)
