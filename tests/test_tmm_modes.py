@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdcavity.plugins.tmm.fields import confinement, confinements, gain_overlap, mode_profile
+from qdcavity.plugins.tmm.fields import (
+    confinement,
+    confinements,
+    confinements_and_profiles,
+    gain_overlap,
+    mode_profile,
+)
 from qdcavity.plugins.tmm.modes import (
     Mode,
     SearchRegion,
@@ -195,6 +201,19 @@ def test_both_polarizations_in_one_search(name: str,
         assert np.abs(c.gamma_E - one.gamma_E).max() < 1e-13
         assert np.abs(c.gamma_P - one.gamma_P).max() < 1e-13
         assert c.truncated == one.truncated
+    # confinements and field profiles from one coefficient computation (the modes analysis)
+    z = np.linspace(-200.0, float(d.sum()) + 200.0, 97)
+    together = confinements_and_profiles(n, d, WL, both, z)
+    for m, (c, prof) in zip(both, together, strict=True):
+        one = confinement(n, d, WL, m)
+        alone = mode_profile(n, d, WL, m, z)
+        assert np.abs(c.gamma_E - one.gamma_E).max() < 1e-13 and c.truncated == one.truncated
+        assert prof.keys() == alone.keys()
+        for key, value in alone.items():
+            if isinstance(value, np.ndarray):
+                assert np.allclose(prof[key], value, rtol=1e-12, atol=1e-12), key
+            else:
+                assert prof[key] == value, key
 
 
 # --------------------------------------------------------------------------- gain perturbation

@@ -9,7 +9,7 @@ from qdcavity.analyses import ModesAnalysis
 from qdcavity.modeset import ModeRecord, field_grid, modes_dataset
 from qdcavity.stack import Stack
 
-from .fields import confinements, mode_profile
+from .fields import confinements, confinements_and_profiles
 from .modes import Mode, continue_modes, find_modes
 
 FIELDS = {"TE": ("Ey",), "TM": ("Hy", "Ex", "Ez")}
@@ -23,8 +23,9 @@ def bleached_layers(stack: Stack, analysis: ModesAnalysis) -> list[str]:
 def _records(n: np.ndarray, d: np.ndarray, lam: float, modes: list[Mode],
              z: np.ndarray) -> list[ModeRecord]:
     out = []
-    for mode, conf in zip(modes, confinements(n, d, lam, modes), strict=True):
-        profile = mode_profile(n, d, lam, mode, z) if z.size else {}
+    both = (confinements_and_profiles(n, d, lam, modes, z) if z.size
+            else [(conf, {}) for conf in confinements(n, d, lam, modes)])
+    for mode, (conf, profile) in zip(modes, both, strict=True):
         out.append(ModeRecord(
             neff=complex(mode.neff), label=mode.label, kind=mode.kind_material,
             branch=mode.kind_branch, gamma_E=np.asarray(conf.gamma_E),
