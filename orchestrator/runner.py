@@ -23,7 +23,6 @@ from .study import Study, load_study
 from .tasks import Task, TaskResult, key_from_prefix, run_task
 
 Executor = Callable[[Sequence[Task], Study], list[TaskResult]]
-_MISSING = object()
 SPECIAL_AXES = ("stack", "backend")
 
 
@@ -182,13 +181,14 @@ def _same_signature(rec: Record, sig: list[tuple[Any, ...]]) -> bool:
 def _common_attrs(records: list[Record]) -> dict[str, Any]:
     """The attributes every record that has them agrees on, as xarray's ``drop_conflicts``
     keeps them (the value of the first record that has one, compared with every other)."""
-    first: dict[str, tuple[Any, int]] = {}
-    for i, rec in enumerate(records):
+    first: dict[str, Any] = {}
+    conflicting: set[str] = set()
+    for rec in records:  # one pass; most values are the very object the first record holds
         for key, value in rec.attrs.items():
-            first.setdefault(key, (value, i))
-    return {key: value for key, (value, owner) in first.items()
-            if all(_same(r.attrs.get(key, _MISSING), value)
-                   for i, r in enumerate(records) if i != owner)}
+            ref = first.setdefault(key, value)
+            if value is not ref and key not in conflicting and not _same(value, ref):
+                conflicting.add(key)
+    return {key: value for key, value in first.items() if key not in conflicting}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -196,8 +196,6 @@ def _same(a: Any, b: Any) -> bool:
     by element (broadcast), NaN equal to NaN."""
     if type(a) is str and type(b) is str:  # the usual case: no numpy
         return a == b
-    if a is _MISSING or b is _MISSING:
-        return True
     try:
         if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
             x, y = np.asarray(a), np.asarray(b)
