@@ -68,11 +68,12 @@ def expand(study: Study, backend: str | None = None) -> list[Task]:
         except ConfigError as exc:
             shown = ", ".join(f"{k} = {v!r}" for k, v in point.items())
             raise ConfigError(f"sweep point ({shown}): {exc}") from None
+        base_hash = base_cache[stack_name].content_hash
         for name, analysis in analyses.items():
             tasks.append(Task(
                 stack=stack, analysis=analysis, analysis_name=name,
                 backend=point.get("backend", backend or study.backend),
-                options=options, point=point, index=len(tasks),
+                options=options, point=point, index=len(tasks), base_stack_hash=base_hash,
             ))
     check_backends(tasks)
     return tasks
@@ -285,7 +286,8 @@ def combine(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Da
         "analyses": json.dumps([a.label for a in study.analyses]),
         "analysis_kinds": json.dumps({a.label: a.kind for a in study.analyses}),
         "backends": json.dumps(sorted({t.backend for t in tasks})),
-        "stack_hashes": json.dumps(sorted({t.stack.content_hash for t in tasks})),
+        "base_stack_hashes": json.dumps(sorted({t.base_stack_hash or t.stack.content_hash
+                                                for t in tasks})),
         "n_failed": int(sum(r.status == "failed" for r in results)),
     })
     return ds

@@ -37,6 +37,9 @@ class Task:
     options: Mapping[str, Any] = field(default_factory=dict)
     point: Mapping[str, Any] = field(default_factory=dict)
     index: int = 0
+    #: the content hash of the stack the study names, before the sweep's axes change it
+    #: (provenance of the combined result; not part of the key)
+    base_stack_hash: str = ""
 
     def key(self, backend_version: str) -> str:
         """SHA-256 of ``canonical_dumps({"analysis", "backend", "backend_version", "options",

@@ -65,6 +65,9 @@ def test_zip_sweep_and_stack_axis(tmp_path: Path) -> None:
     be = solve(load_stack("BE").with_overrides({"QD.thickness_nm": 40.0}), "reflectance",
                wavelength_nm=WL)
     np.testing.assert_array_equal(ds.R.isel(point=1).values, be.R.values)
+    # provenance: the stacks the study names, not one hash per point
+    assert json.loads(ds.attrs["base_stack_hashes"]) == sorted(
+        load_stack(name).content_hash for name in ("TE-DIZO", "BE"))
 
 
 class TwinBackend(TmmBackend):
