@@ -63,11 +63,6 @@ def _mode_sheets(mode: _ModeLike) -> tuple[bool, bool, bool]:
             br.get("superstrate") == "outgoing")
 
 
-def _coefficients(ctx: _Ctx, neff: complex, tm: bool, out_s: bool, out_c: bool) -> _Coef:
-    return _coefficients_many(ctx, np.array([neff], dtype=complex), np.array([tm]),
-                              np.array([out_s]), np.array([out_c]))[0]
-
-
 def _coefficients_many(ctx: _Ctx, neff: np.ndarray, tm: np.ndarray, out_s: np.ndarray,
                        out_c: np.ndarray) -> list[_Coef]:
     """Field coefficients of M modes at once (every array has shape (M,))."""
@@ -133,8 +128,16 @@ def _normalize(v: np.ndarray) -> np.ndarray:
 
 
 def _coef_for(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float, mode: _ModeLike) -> _Coef:
+    return _coefficients_of(n, d_nm, wavelength_nm, [mode])[0]
+
+
+def _coefficients_of(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
+                     modes: list[_ModeLike]) -> list[_Coef]:
+    """Field coefficients of several modes of one stack, in one vectorised computation."""
     ctx = _ctx(n, d_nm, wavelength_nm)
-    return _coefficients(ctx, complex(mode.neff), *_mode_sheets(mode))
+    sheets = np.array([_mode_sheets(m) for m in modes], dtype=bool)
+    return _coefficients_many(ctx, np.array([complex(m.neff) for m in modes]), sheets[:, 0],
+                              sheets[:, 1], sheets[:, 2])
 
 
 def _psi(c: _Coef, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -362,14 +365,6 @@ def confinements_and_profiles(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: fl
     cs = _coefficients_of(n, d_nm, wavelength_nm, modes)
     return [(conf, _profile(c, z_nm, "grid"))
             for conf, c in zip(_confinements(cs, window), cs, strict=True)]
-
-
-def _coefficients_of(n: np.ndarray, d_nm: np.ndarray, wavelength_nm: float,
-                     modes: list[_ModeLike]) -> list[_Coef]:
-    ctx = _ctx(n, d_nm, wavelength_nm)
-    sheets = np.array([_mode_sheets(m) for m in modes], dtype=bool)
-    return _coefficients_many(ctx, np.array([complex(m.neff) for m in modes]), sheets[:, 0],
-                              sheets[:, 1], sheets[:, 2])
 
 
 def _confinements(cs: list[_Coef], window: float) -> list[Confinement]:
