@@ -401,9 +401,11 @@ def encode_dataset(ds: xr.Dataset) -> bytes:
     The structure (variables, dims, dtypes, shapes, offsets, variable attrs) is separate from
     the dataset's attributes, so the thousands of results of a sweep, which differ only in
     data and attributes, share one structure text, built and parsed once per process.
+    CacheError if ``ds`` cannot be stored (see :func:`encode_result`).
     """
-    parts = _parts(ds)
-    return _payload(_structure(parts), ds.attrs, parts.arrays)
+    payload = encode_result(ds).payload
+    assert payload is not None  # asked for
+    return payload
 
 
 class Encoded(NamedTuple):

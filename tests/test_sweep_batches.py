@@ -390,9 +390,12 @@ def test_records_keep_byte_order_and_a_lone_result_is_not_copied() -> None:
 
 def test_an_attribute_json_cannot_hold_fails_that_result_only() -> None:
     """A datetime among the attributes (numpy's becomes a datetime.datetime in JSON's hands) is
-    a CacheError, so the result travels as a dataset instead of failing the batch."""
+    a CacheError, so the result travels as a dataset instead of failing the batch; encoding it
+    for the cache directly says the same."""
     ds = xr.Dataset({"a": ("x", np.arange(2.0))},
                     attrs={"when": np.datetime64("2020-01-01T00:00:00")})
     for with_payload in (True, False):
         with pytest.raises(CacheError, match="cannot be stored"):
             encode_result(ds, with_payload)
+    with pytest.raises(CacheError, match="cannot be stored"):  # TaskCache.put's way too
+        encode_dataset(ds)
