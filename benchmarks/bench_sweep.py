@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-meep", action="store_true")
     parser.add_argument("--skip-tmm", action="store_true")
-    parser.add_argument("--meep-tasks", type=int, default=8)
+    parser.add_argument("--meep-tasks", type=int, default=16)
     parser.add_argument("--meep-options", default="{}", help="backend_options for meep (JSON)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cache-base", help="folder for the caches (default: the temp folder)")

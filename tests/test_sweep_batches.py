@@ -359,6 +359,25 @@ def test_task_keys_built_from_shared_prefixes_equal_each_tasks_key() -> None:
     assert set(task_keys(loose)).isdisjoint(expected)  # other options, other keys
 
 
+def test_task_keys_do_not_keep_the_canonical_json_of_a_points_own_stack() -> None:
+    """A stack axis point's stack is held by one task: its key is made from the canonical
+    JSON without keeping it (client memory per point). A stack several tasks share keeps it,
+    and the keys are the tasks' own either way."""
+    from qdcavity.runner import get_backend
+
+    own = sweep_tasks(2, 2)  # every point its own stack
+    keys = task_keys(own)
+    assert not any("canonical_json" in t.stack.__dict__ for t in own)
+    version = get_backend("tmm").version
+    assert keys == [t.key(version) for t in own] and len(set(keys)) == len(own)
+    shared = expand(Study(name="t", stack="TE-DIZO",
+                          analyses=[{"kind": "reflectance", "wavelength_nm": [600]}],
+                          sweep={"axes": {"reflectance.incidence": ["superstrate", "substrate"]}}))
+    assert len({id(t.stack) for t in shared}) == 1
+    task_keys(shared)
+    assert "canonical_json" in shared[0].stack.__dict__
+
+
 def test_resized_layers_keep_the_spelling_of_their_own_material() -> None:
     """Two stacks whose layer materials are spelled differently but mean the same thing do not
     share resized layers: each keeps its own spelling."""
