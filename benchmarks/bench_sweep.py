@@ -141,7 +141,8 @@ def breakdown(study: Any, n: int = 500) -> dict[str, float]:
 
 
 def _breakdown(study: Any, n: int) -> dict[str, float]:
-    from qdcavity.cache import TaskCache, decode_record, encode_dataset
+    from qdcavity.cache import TaskCache
+    from qdcavity.encoding import decode_record, encode_dataset
     from qdcavity.runner import combine, expand, task_keys
     from qdcavity.tasks import TaskResult, run_task
 

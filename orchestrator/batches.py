@@ -18,10 +18,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .cache import (
+from .cache import TaskCache
+from .encoding import (
     CacheError,
     Encoded,
-    TaskCache,
     encode_result,
     records_from_columns,
     result_columns,
@@ -48,7 +48,7 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
     Returns ``{"where", "results", "blocks"}``: per task its status, timings and, with a
     cache, its encoded dataset (``payload``), or the dataset itself if it cannot be encoded
     (``dataset``); the encoded results' arrays as columns per structure (``blocks``), which
-    :func:`with_records` turns into each result's :class:`~qdcavity.cache.Record`. With
+    :func:`with_records` turns into each result's :class:`~qdcavity.encoding.Record`. With
     ``cache = (folder, token, flush_s)`` and that folder visible here (a local cluster, a
     shared file system under SLURM), finished tasks are also written to the cache right here
     (``written``; their payloads stay behind), grouped into one pack file per ``flush_s``
@@ -108,7 +108,7 @@ def unpack_batch(blob: bytes) -> dict[str, Any]:
 def with_records(out: dict[str, Any]) -> dict[str, Any]:
     """:func:`run_batch`'s result with each encoded result's ``record`` (what decoding its
     payload gives: read-only views of the block's columns, see
-    :func:`~qdcavity.cache.records_from_columns`)."""
+    :func:`~qdcavity.encoding.records_from_columns`)."""
     results = out["results"]
     for block in out.pop("blocks"):
         records = records_from_columns(block["structure"], block["attrs"], block["arrays"])

@@ -850,7 +850,7 @@ def execute(tasks: Sequence[Task], keys: Sequence[str], cache: TaskCache | None,
             ) -> tuple[list[TaskResult], Report]:
     """Results of every task (cached, computed or failed, in task order) and a report.
 
-    ``raw=True``: each result's ``dataset`` is a :class:`qdcavity.cache.Record` (what
+    ``raw=True``: each result's ``dataset`` is a :class:`qdcavity.encoding.Record` (what
     :func:`qdcavity.runner.combine` works from, fast for large sweeps).
     """
     driver = Driver(tasks, keys, cache, cfg, progress, raw=raw)

@@ -14,7 +14,8 @@ import xarray as xr
 
 from . import __version__
 from .batches import sweep_gc
-from .cache import Record, TaskCache, default_cache_dir
+from .cache import TaskCache, default_cache_dir
+from .encoding import Record
 from .errors import BackendError, ConfigError
 from .executors import ExecConfig, Report, execute
 from .progress import SweepProgress

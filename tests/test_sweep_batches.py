@@ -25,10 +25,10 @@ from qdcavity.batches import (
     unpack_batch,
     with_records,
 )
-from qdcavity.cache import (
+from qdcavity.cache import TaskCache
+from qdcavity.encoding import (
     CacheError,
     Record,
-    TaskCache,
     decode_record,
     encode_dataset,
     encode_result,

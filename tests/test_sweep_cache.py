@@ -11,16 +11,13 @@ import pytest
 import xarray as xr
 
 from qdcavity.api import solve
-from qdcavity.cache import (
+from qdcavity.cache import CorruptEntry, TaskCache, pack, unpack
+from qdcavity.encoding import (
     CacheError,
-    CorruptEntry,
     Record,
-    TaskCache,
     decode_dataset,
     decode_record,
     encode_dataset,
-    pack,
-    unpack,
 )
 
 
@@ -58,7 +55,7 @@ def test_encoding_round_trip(refl: xr.Dataset) -> None:
 def test_direct_and_public_parts_agree(refl: xr.Dataset) -> None:
     """Encoding reads xarray's slots directly when it can; it must read exactly what the
     public API gives, and fall back to it for data that is not plain numpy in memory."""
-    from qdcavity.cache import _direct_parts, _public_parts
+    from qdcavity.encoding import _direct_parts, _public_parts
 
     dask_array = pytest.importorskip("dask.array")
     non_index = refl.assign_coords(label=("wavelength_nm", ["a", "bb"]), scalar=3.0)
