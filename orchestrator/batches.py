@@ -14,7 +14,7 @@ import pickle
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from .encoding import (
     records_from_columns,
     result_columns,
 )
+from .packs import Block
 from .tasks import Task, run_task
 
 if TYPE_CHECKING:
@@ -45,27 +46,26 @@ def run_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
               cache: tuple[str, str, float] | None = None) -> dict[str, Any]:
     """Run tasks one after the other (on a worker); never raises for a task's own error.
 
-    Returns ``{"where", "results", "blocks"}``: per task its status, timings and, with a
-    cache, its encoded dataset (``payload``), or the dataset itself if it cannot be encoded
-    (``dataset``); the encoded results' arrays as columns per structure (``blocks``), which
-    :func:`with_records` turns into each result's :class:`~qdcavity.encoding.Record`. With
-    ``cache = (folder, token, flush_s)`` and that folder visible here (a local cluster, a
-    shared file system under SLURM), finished tasks are also written to the cache right here
-    (``written``; their payloads stay behind), grouped into one pack file per ``flush_s``
-    seconds of work (a task that takes longer is written alone as soon as it is done);
-    otherwise the client writes them. Without a cache no payload is built at all.
+    Returns ``{"where", "results", "blocks"}``: per task its status and timings, or the
+    dataset itself if it cannot be encoded (``dataset``); the encoded results as blocks, one
+    per structure and cache flush: ``rows`` (indices in ``results``), ``structure``,
+    ``attrs``, ``arrays`` as columns, and whether the block is ``written`` to the cache.
+    :func:`with_records` turns them into each result's :class:`~qdcavity.encoding.Record`.
+    With ``cache = (folder, token, flush_s)`` and that folder visible here (a local cluster, a
+    shared file system under SLURM), the blocks are written to the cache right here, one pack
+    file per ``flush_s`` seconds of work (a task that takes longer is written alone as soon
+    as it is done); otherwise the client writes them (:mod:`qdcavity.packs`).
     """
     from .registry import default_registry
 
     default_registry()  # plugin loading is start-up cost, not solver time
     store = TaskCache.if_shared(*cache[:2]) if cache and keys else None
-    batch = _BatchRun(tasks, keys, store, cache[2] if cache else 0.0,
-                      with_payloads=bool(cache and keys))
+    batch = _BatchRun(tasks, keys, store, cache[2] if cache else 0.0)
     with sweep_gc():
         for task in tasks:
             batch.run(task)
         batch.flush()
-    return {"where": batch.where, "results": batch.out, "blocks": batch.blocks()}
+    return {"where": batch.where, "results": batch.out, "blocks": batch.blocks}
 
 
 def pack_batch(tasks: Sequence[Task], keys: Sequence[str] = (),
@@ -92,8 +92,8 @@ def run_batch_packed(args: bytes) -> bytes:
     dask handles a returned structure of many small objects piece by piece; one bytes object
     of the same content saved the client process 8 ms of CPU per batch of 270 TMM results.
     The results' arrays travel as columns per structure, so the client rebuilds the records
-    as views of the columns (:func:`unpack_batch`) instead of decoding every payload. Only
-    qdcavity's own workers and client exchange these bytes (the cache never holds pickles).
+    as views of the columns (:func:`unpack_batch`). Only qdcavity's own workers and client
+    exchange these bytes (the cache never holds pickles).
     """
     with sweep_gc():  # Python's default threshold made unpickling the tasks 17-20 us each
         tasks, keys, cache = pickle.loads(args)
@@ -107,10 +107,10 @@ def unpack_batch(blob: bytes) -> dict[str, Any]:
 
 def with_records(out: dict[str, Any]) -> dict[str, Any]:
     """:func:`run_batch`'s result with each encoded result's ``record`` (what decoding its
-    payload gives: read-only views of the block's columns, see
+    payload would give: read-only views of the block's columns, see
     :func:`~qdcavity.encoding.records_from_columns`)."""
     results = out["results"]
-    for block in out.pop("blocks"):
+    for block in out["blocks"]:
         records = records_from_columns(block["structure"], block["attrs"], block["arrays"])
         for j, record in zip(block["rows"], records, strict=True):
             results[j]["record"] = record
@@ -122,18 +122,19 @@ class _BatchRun:
 
     Datasets are encoded ``ENCODE_CHUNK`` at a time, not right after each solve: encoding
     results back to back costs 15-25 us less per result than interleaving it with
-    millisecond solves, which leave the processor's caches cold for it.
+    millisecond solves, which leave the processor's caches cold for it. Each flush stacks the
+    results encoded since the last one into blocks (one per structure), which are written to
+    the cache as they are (columns, see :mod:`qdcavity.packs`) and sent to the client.
     """
 
     def __init__(self, tasks: Sequence[Task], keys: Sequence[str], store: TaskCache | None,
-                 flush_s: float, with_payloads: bool) -> None:
+                 flush_s: float) -> None:
         self.tasks, self.keys, self.store, self.flush_s = tasks, keys, store, flush_s
-        self.with_payloads = with_payloads or store is not None  # what is written is encoded
         self.where = worker_identity()
         self.out: list[dict[str, Any]] = []
         self.unencoded: list[tuple[int, xr.Dataset]] = []  # (index in out, dataset)
         self.encoded: dict[bytes, tuple[list[int], list[Encoded]]] = {}  # by structure
-        self.unwritten: list[tuple[int, tuple[str, bytes, dict[str, Any]]]] = []
+        self.blocks: list[dict[str, Any]] = []
         self.last_flush = time.perf_counter()
 
     def run(self, task: Task) -> None:
@@ -142,8 +143,7 @@ class _BatchRun:
         cpu = time.process_time() - cpu0
         self.out.append({"index": res.index, "status": res.status, "error": res.error,
                          "seconds": res.seconds, "cpu_seconds": cpu,
-                         "transient": res.transient, "payload": None, "dataset": None,
-                         "written": False})
+                         "transient": res.transient, "dataset": None})
         if res.dataset is not None:
             self.unencoded.append((len(self.out) - 1, res.dataset))
         if self.store is not None and time.perf_counter() - self.last_flush >= self.flush_s:
@@ -153,42 +153,45 @@ class _BatchRun:
 
     def encode(self) -> None:
         for j, ds in self.unencoded:
-            item = self.out[j]
             try:
-                enc = encode_result(ds, self.with_payloads)
+                enc = encode_result(ds, with_payload=False)
             except CacheError:
-                item["dataset"] = ds  # sent as it is; the client decides what to do
+                self.out[j]["dataset"] = ds  # sent as it is; the client decides what to do
                 continue
             rows, results = self.encoded.setdefault(enc.structure, ([], []))
             rows.append(j)
-            results.append(enc._replace(payload=None))  # the bytes go with the item only
-            item["payload"] = enc.payload
-            if self.store is not None:
-                meta = {"backend": self.tasks[j].backend, "seconds": round(item["seconds"], 6),
-                        "by": self.where}
-                self.unwritten.append((j, (self.keys[j], enc.payload, meta)))
+            results.append(enc)
         self.unencoded.clear()
 
     def flush(self) -> None:
-        """Encode what is left and write it to the cache (one pack)."""
+        """Encode what is left, stack it into blocks and write them to the cache (one pack)."""
         self.encode()
-        if self.store is not None and self.unwritten:
+        blocks = [{"rows": rows, "structure": structure, "arrays": result_columns(results),
+                   "attrs": [r.attrs for r in results], "written": False}
+                  for structure, (rows, results) in self.encoded.items()]
+        self.encoded.clear()
+        if self.store is not None and blocks:
             try:
-                self.store.put_many([item for _, item in self.unwritten])
-                for j, _ in self.unwritten:
-                    self.out[j]["written"] = True
-                    self.out[j]["payload"] = None  # in the cache: the client needs the record
+                backends = [task.backend for task in self.tasks]
+                self.store.put_blocks([cache_block(b, self.keys, backends, self.out)
+                                       for b in blocks], {"by": self.where})
             except OSError:
                 self.store = None  # the client writes what is left
-        self.unwritten.clear()
+            else:
+                for block in blocks:
+                    block["written"] = True
+        self.blocks += blocks
         self.last_flush = time.perf_counter()
 
-    def blocks(self) -> list[dict[str, Any]]:
-        """The encoded results per structure: rows (indices in ``out``), attributes and
-        arrays stacked into columns."""
-        return [{"rows": rows, "structure": structure, "arrays": result_columns(results),
-                 "attrs": [r.attrs for r in results]}
-                for structure, (rows, results) in self.encoded.items()]
+
+def cache_block(block: Mapping[str, Any], keys: Sequence[str], backends: Sequence[str],
+                results: Sequence[Mapping[str, Any]]) -> Block:
+    """A block of :func:`run_batch`'s result as the cache stores it. ``keys``, ``backends``
+    and ``results`` are the whole batch's, in task order (the block's rows index them)."""
+    rows = block["rows"]
+    return Block(block["structure"], [keys[j] for j in rows], block["attrs"], block["arrays"],
+                 {"backend": [backends[j] for j in rows],
+                  "seconds": [round(results[j]["seconds"], 6) for j in rows]})
 
 
 #: first-generation threshold of the garbage collector during a sweep (Python's default: 700)

@@ -22,16 +22,9 @@ the canonical stack, analysis, backend options, backend name and backend version
   (:class:`Record`). Results files of whole studies are netCDF (:mod:`qdcavity.results`).
 
 Packs: a batch of small tasks finished together (a few hundred TMM tasks of a millisecond
-each) is written as one file, ``<cache_dir>/packs/<time>-<random>.qdpack``, because creating a
-file costs far more than a millisecond solve on many file systems (about 0.5 ms here, more on
-Lustre/GPFS)::
-
-    QDPACK1\n
-    {"format": "qdr2", "entries": [{"key": ..., "offset": ..., "size": ..., "sha256": ...}]}\n
-    <payloads, one after the other>
-
-Packs are written atomically like entries and never modified. Each entry keeps its own checksum
-(a corrupt entry is recomputed alone); a key stored more than once (a recompute after a
+each) is written as one file, ``<cache_dir>/packs/<time>-<random>.qdpack``, its results stored
+as columns in blocks, one checksum per block (:mod:`qdcavity.packs`). Packs are written
+atomically like entries and never modified; a key stored more than once (a recompute after a
 corruption) is read from the newest file. :class:`TaskCache` indexes the pack headers on first
 use and re-reads the folder on :meth:`TaskCache.refresh`.
 
@@ -48,16 +41,26 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import xarray as xr
 
-from .encoding import Record, decode_record, encode_dataset
+from .encoding import Record, _payload, decode_record, encode_dataset
 from .errors import QdcavityError
+from .packs import (
+    FORMAT,
+    Block,
+    CorruptEntry,
+    OtherFormat,
+    PackSlot,
+    blocks_of_payloads,
+    pack_blocks,
+    pack_entries,
+    parse_pack_header,
+    read_block,
+)
 
 MAGIC = b"QDCACHE1\n"
-PACK_MAGIC = b"QDPACK1\n"
-FORMAT = "qdr2"
 SUFFIX = ".qdc"
 PACK_DIR = "packs"
 PACK_SUFFIX = ".qdpack"
@@ -66,14 +69,6 @@ TOKEN_FILE = "qdcavity-cache-id"
 
 
 _TASK_KEY = re.compile(r"[0-9a-f]{8,}")
-
-
-class CorruptEntry(Exception):
-    """A cache file exists but fails its checks (recompute it)."""
-
-
-class OtherFormat(CorruptEntry):
-    """A sound cache file written in another format version: a miss, not a corruption."""
 
 
 # ---------------------------------------------------------------- entries
@@ -110,56 +105,6 @@ def unpack(key: str, blob: bytes) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
-def pack_many(items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]) -> bytes:
-    """The bytes of one pack file: a header listing every entry, then the payloads."""
-    return _pack_many(items)[0]
-
-
-def _pack_many(items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]
-               ) -> tuple[bytes, list[tuple[str, int, int, str]]]:
-    """A pack file's bytes and its entries (key, offset from the start of the file, size,
-    SHA-256), as :func:`read_pack_header` would read them back."""
-    entries, offset = [], 0
-    for key, payload, meta in items:
-        entries.append({**(meta or {}), "key": key, "offset": offset, "size": len(payload),
-                        "sha256": hashlib.sha256(payload).hexdigest()})
-        offset += len(payload)
-    header = json.dumps({"format": FORMAT, "created": time.time(), "entries": entries}).encode()
-    base = len(PACK_MAGIC) + len(header) + 1
-    index = [(e["key"], base + e["offset"], e["size"], e["sha256"]) for e in entries]
-    blob = PACK_MAGIC + header + b"\n" + b"".join(payload for _, payload, _ in items)
-    return blob, index
-
-
-@dataclass(frozen=True)
-class PackEntry:
-    """Where one task's payload lies inside a pack file."""
-
-    path: Path
-    offset: int  # from the start of the file
-    size: int
-    sha256: str
-
-
-def read_pack_header(path: Path) -> list[tuple[str, PackEntry]]:
-    """The entries of a pack file (CorruptEntry if its header is unreadable)."""
-    with open(path, "rb") as fh:
-        if fh.read(len(PACK_MAGIC)) != PACK_MAGIC:
-            raise CorruptEntry("bad magic")
-        line = fh.readline()
-    if not line.endswith(b"\n"):
-        raise CorruptEntry("truncated header")
-    try:
-        header = json.loads(line)
-        if header["format"] != FORMAT:
-            raise OtherFormat(f"format {header['format']!r}")
-        base = len(PACK_MAGIC) + len(line)
-        return [(str(e["key"]), PackEntry(path, base + int(e["offset"]), int(e["size"]),
-                                          str(e["sha256"]))) for e in header["entries"]]
-    except (ValueError, KeyError, TypeError):
-        raise CorruptEntry("unreadable header") from None
-
-
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -177,9 +122,9 @@ class TaskCache:
         self.stats = CacheStats()
         self.corrupt_keys: list[str] = []
         self._dirs: set[Path] = set()
-        self._packs: dict[str, list[PackEntry]] | None = None  # key -> entries, newest last
+        self._packs: dict[str, list[PackSlot]] | None = None  # key -> slots, newest last
         self._packs_seen: set[str] = set()
-        self._pack_blobs: dict[Path, bytes] = {}  # the last packs read (lookups go in order)
+        self._open_packs: dict[Path, _OpenPack] = {}  # the last packs read (lookups go in order)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -201,7 +146,7 @@ class TaskCache:
         return self.path(key).exists() or key in self._pack_index()
 
     # ------------------------------------------------------------ packs
-    def _pack_index(self) -> dict[str, list[PackEntry]]:
+    def _pack_index(self) -> dict[str, list[PackSlot]]:
         if self._packs is None:
             self._packs = {}
             self.refresh()
@@ -218,31 +163,41 @@ class TaskCache:
         for name in names:  # names start with the write time: newest last
             self._packs_seen.add(name)
             try:
-                entries = read_pack_header(self.root / PACK_DIR / name)
+                entries = pack_entries(self.root / PACK_DIR / name)
             except OtherFormat:
                 continue  # another qdcavity version's pack: its tasks are simply missing
             except (OSError, CorruptEntry):
                 self.stats.corrupt += 1  # its tasks are simply missing: recomputed
                 continue
-            for key, entry in entries:
-                index.setdefault(key, []).append(entry)
+            for key, slot in entries:
+                index.setdefault(key, []).append(slot)
 
-    def _pack_payload(self, key: str, entry: PackEntry) -> bytes:
-        blob = self._pack_blobs.get(entry.path)
-        if blob is None:
-            blob = entry.path.read_bytes()
-            if len(self._pack_blobs) >= 2:
-                self._pack_blobs.pop(next(iter(self._pack_blobs)))
-            self._pack_blobs[entry.path] = blob
-        payload = blob[entry.offset:entry.offset + entry.size]
-        if len(payload) != entry.size:
-            raise CorruptEntry("truncated pack")
-        if hashlib.sha256(payload).hexdigest() != entry.sha256:
-            raise CorruptEntry("checksum mismatch")
-        return payload
+    def _pack_record(self, slot: PackSlot) -> Record:
+        """The record in a pack's slot (CorruptEntry or OSError if it cannot be read). Each
+        block is read and checked once, when one of its records is first asked for."""
+        opened = self._open_packs.get(slot.path)
+        if opened is None:
+            blob = slot.path.read_bytes()
+            header, base = parse_pack_header(blob)
+            if len(self._open_packs) >= 4:
+                self._open_packs.pop(next(iter(self._open_packs)))
+            opened = self._open_packs[slot.path] = _OpenPack(blob, header, base, {})
+        records = opened.blocks.get(slot.block)
+        if records is None:
+            try:
+                records = read_block(opened.blob, opened.header, opened.base, slot.block)
+            except CorruptEntry as exc:
+                records = exc
+            opened.blocks[slot.block] = records
+        if isinstance(records, CorruptEntry):
+            raise records
+        try:
+            return records[slot.row]
+        except IndexError:
+            raise CorruptEntry("no such row") from None
 
     def _candidates(self, key: str, entry_dirs: set[str] | None = None
-                    ) -> Iterator[bytes | None]:
+                    ) -> Iterator[Record | None]:
         """Every stored copy of ``key`` (the entry file, then packs newest first); None for
         a copy that fails its checks. With ``entry_dirs`` (the entry folders that exist),
         no file is opened in a folder that does not."""
@@ -257,14 +212,14 @@ class TaskCache:
                 yield None
             else:
                 try:
-                    yield unpack(key, blob)[1]
+                    yield decode_record(unpack(key, blob)[1])
                 except OtherFormat:
                     pass  # from another qdcavity version: recomputed and replaced
-                except CorruptEntry:
+                except (CorruptEntry, ValueError):  # ValueError: checksum fine, content not
                     yield None
-        for entry in reversed(self._pack_index().get(key, ())):
+        for slot in reversed(self._pack_index().get(key, ())):
             try:
-                yield self._pack_payload(key, entry)
+                yield self._pack_record(slot)
             except (OSError, CorruptEntry):
                 yield None
 
@@ -284,13 +239,13 @@ class TaskCache:
         return entries[-1].path if entries else None
 
     # ------------------------------------------------------------ reading
-    def get_payload(self, key: str, entry_dirs: set[str] | None = None) -> bytes | None:
-        """The verified payload, or None when absent or corrupt (corrupt ones are counted)."""
+    def get_record(self, key: str, entry_dirs: set[str] | None = None) -> Record | None:
+        """The verified record, or None when absent or corrupt (corrupt ones are counted)."""
         seen_corrupt = False
-        for payload in self._candidates(key, entry_dirs):
-            if payload is not None:
+        for record in self._candidates(key, entry_dirs):
+            if record is not None:
                 self.stats.hits += 1
-                return payload
+                return record
             seen_corrupt = True
         if seen_corrupt:
             self._corrupt(key)
@@ -301,17 +256,6 @@ class TaskCache:
     def _corrupt(self, key: str) -> None:
         self.stats.corrupt += 1
         self.corrupt_keys.append(key)
-
-    def get_record(self, key: str, entry_dirs: set[str] | None = None) -> Record | None:
-        payload = self.get_payload(key, entry_dirs)
-        if payload is None:
-            return None
-        try:
-            return decode_record(payload)
-        except ValueError:  # checksum fine, content unusable
-            self.stats.hits -= 1
-            self._corrupt(key)
-            return None
 
     def get_records(self, keys: Iterable[str]) -> list[tuple[str, Record | None]]:
         """:meth:`get_record` of many keys, with the entry folders listed once, when the call
@@ -337,21 +281,34 @@ class TaskCache:
         return path
 
     def put_many(self, items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]) -> Path:
-        """Store several encoded datasets as one pack file (one entry file if just one)."""
+        """Store several encoded datasets (key, payload, metadata) as one pack file (one entry
+        file if just one); ValueError if a payload is not an encoded dataset."""
         if len(items) == 1:
             return self.put_payload(*items[0])
+        return self.put_blocks(blocks_of_payloads(items))
+
+    def put_blocks(self, blocks: Sequence[Block], meta: Mapping[str, Any] | None = None
+                   ) -> Path:
+        """Store blocks of results as one pack file, or a lone result as an entry file
+        (``meta`` and its own metadata in the header); CacheError if an attribute cannot be
+        stored."""
+        if sum(len(b.keys) for b in blocks) == 1:
+            (block,) = (b for b in blocks if b.keys)
+            own = {name: column[0] for name, column in block.meta.items()}
+            payload = _payload(block.structure, block.attrs[0], [a[0] for a in block.arrays])
+            return self.put_payload(block.keys[0], payload, {**own, **(meta or {})})
         folder = self.root / PACK_DIR
         if folder not in self._dirs:
             folder.mkdir(exist_ok=True)
             self._dirs.add(folder)
         path = folder / f"{time.time_ns():020d}-{os.urandom(6).hex()}{PACK_SUFFIX}"
-        blob, index = _pack_many(items)
+        blob, entries = pack_blocks(blocks, meta)
         self._write_atomic(path, blob)
-        self.stats.writes += len(items)
+        self.stats.writes += len(entries)
         if self._packs is not None:
             self._packs_seen.add(path.name)
-            for key, offset, size, sha256 in index:
-                self._packs.setdefault(key, []).append(PackEntry(path, offset, size, sha256))
+            for key, block, row in entries:
+                self._packs.setdefault(key, []).append(PackSlot(path, block, row))
         return path
 
     @staticmethod
@@ -431,6 +388,15 @@ class TaskCache:
 
 
 _SHARED: dict[tuple[str, str], TaskCache | bool] = {}
+
+
+class _OpenPack(NamedTuple):
+    """A pack file read into memory, its header, and the blocks read from it so far."""
+
+    blob: bytes
+    header: dict[str, Any]
+    base: int
+    blocks: dict[int, list[Record] | CorruptEntry]
 
 
 def user_cache_dir() -> Path:

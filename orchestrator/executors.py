@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from .batches import (
+    cache_block,
     pack_batch,
     run_batch,
     run_batch_packed,
     sweep_gc,
     unpack_batch,
     with_records,
-    worker_identity,
 )
 from .cache import TaskCache
 from .errors import ConfigError, QdcavityError
@@ -660,7 +660,6 @@ class Driver:
             self.by_key.setdefault(key, []).append(i)
         self.report = Report(executor=cfg.kind, n_tasks=len(tasks), n_unique=len(self.by_key))
         self.attempts: dict[str, int] = {}
-        self._unwritten: list[tuple[str, bytes, dict[str, Any]]] = []
         self.sizer = BatchSizer(cfg.batch_size, cfg.target_batch_s)
 
     # ------------------------------------------------------------ results
@@ -692,29 +691,33 @@ class Driver:
             self.report.n_failed += n
             return 0, n
         self.sizer.observe(item["seconds"])
-        payload, ds, record = item["payload"], item["dataset"], item.get("record")
-        if item.get("written"):
-            self.report.n_written_by_workers += n
-        elif payload is not None and self.cache is not None:
-            meta = {"backend": self.tasks[self.by_key[key][0]].backend,
-                    "seconds": round(item["seconds"], 6), "by": worker_identity()}
-            self._unwritten.append((key, payload, meta))
-        if record is not None:  # what the payload decodes to (an unencodable result: ds)
+        ds, record = item["dataset"], item.get("record")
+        if record is not None:  # an encoded result (one that cannot be encoded: ds)
             ds = record if self.raw else record.to_dataset()
         self._set(key, "ok", ds, seconds=item["seconds"])
         self.report.n_computed += n
         return n, 0
 
-    def _write_unwritten(self) -> None:
-        """Write what the workers could not (no shared folder): one pack per batch."""
-        if self.cache is not None and self._unwritten:
-            try:
-                self.cache.put_many(self._unwritten)
-            except OSError as exc:
-                self.progress.note(f"warning: cannot write the cache ({exc}); "
-                                   "continuing without it")
-                self.cache = None
-        self._unwritten.clear()
+    def _store(self, keys: Sequence[str], value: Mapping[str, Any]) -> None:
+        """Count the blocks a worker wrote to the cache; write the others (no shared folder,
+        or the worker's write failed): one pack per batch."""
+        unwritten = []
+        for block in value["blocks"]:
+            if block["written"]:
+                self.report.n_written_by_workers += sum(len(self.by_key[keys[j]])
+                                                        for j in block["rows"])
+            else:
+                unwritten.append(block)
+        if self.cache is None or not unwritten:
+            return
+        backends = [self.tasks[self.by_key[key][0]].backend for key in keys]
+        try:
+            self.cache.put_blocks([cache_block(b, keys, backends, value["results"])
+                                   for b in unwritten], {"by": value["where"]})
+        except OSError as exc:
+            self.progress.note(f"warning: cannot write the cache ({exc}); "
+                               "continuing without it")
+            self.cache = None
 
     def _lost(self, keys: list[str], exc: BaseException, pending: deque[str]
               ) -> tuple[int, int, int]:
@@ -841,7 +844,7 @@ class Driver:
                         continue
                     a, b = self._accept(key, item)
                     ok, failed = ok + a, failed + b
-                self._write_unwritten()
+                self._store(keys, value)
                 self.progress.update(ok=ok, failed=failed)
 
 

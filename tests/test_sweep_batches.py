@@ -99,34 +99,34 @@ def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) ->
     out = with_records(run_batch(tasks, keys, (str(cache.root), cache.token(), 60.0)))
     items = out["results"]
     assert [it["index"] for it in items] == [t.index for t in tasks]
-    assert all(it["status"] == "ok" and it["written"] for it in items)
+    assert all(it["status"] == "ok" for it in items)
+    assert [b["written"] for b in out["blocks"]] == [True]  # one structure, one flush
+    assert sorted(out["blocks"][0]["rows"]) == list(range(len(tasks)))
     assert len(list((tmp_path / "packs").iterdir())) == 1  # one pack for the whole batch
     reader = TaskCache(tmp_path)
-    for key, item in zip(keys, items, strict=True):
-        assert item["payload"] is None  # written: the record is all the client needs
-        assert same_record(item["record"], decode_record(reader.get_payload(key)))
-    plain = with_records(run_batch(tasks[:3]))  # no cache: nothing written, no payload built
-    alone = [run_task(t).dataset for t in tasks[:3]]
-    assert all(it["payload"] is None and not it["written"]
-               and same_record(it["record"], decode_record(encode_dataset(ds)))
-               for it, ds in zip(plain["results"], alone, strict=True))
-    # a cache this process cannot see (the client writes): payloads travel
+    alone = [run_task(t).dataset for t in tasks]
+    for key, item, ds in zip(keys, items, alone, strict=True):
+        assert same_record(item["record"], decode_record(encode_dataset(ds)))
+        assert same_record(reader.get_record(key), item["record"])  # the pack holds the same
+    plain = with_records(run_batch(tasks[:3]))  # no cache: nothing written
+    assert [b["written"] for b in plain["blocks"]] == [False]
+    assert all(same_record(it["record"], decode_record(encode_dataset(ds)))
+               for it, ds in zip(plain["results"], alone[:3], strict=True))
+    # a cache this process cannot see (the client writes the blocks it gets)
     unseen = with_records(run_batch(tasks[:3], keys[:3], (str(tmp_path / "gone"), "x", 60.0)))
-    assert all(not it["written"] and it["payload"] == encode_dataset(ds)
-               for it, ds in zip(unseen["results"], alone, strict=True))
+    assert [b["written"] for b in unseen["blocks"]] == [False]
 
 
 def test_packed_batches_carry_the_same_results(tmp_path: Path) -> None:
     """What dask workers return (one bytes object) unpacks to what run_batch gives: each
-    result's record equals the decoded payload, and payloads already in the cache stay
-    behind while the others travel (the client writes those)."""
+    result's record equals the decoded payload, and equals what the cache then holds."""
     tasks = sweep_tasks(3, 2)
     blob = run_batch_packed(pack_batch(tasks))
     assert isinstance(blob, bytes)
     packed, plain = unpack_batch(blob), with_records(run_batch(tasks))
     assert packed["where"] == plain["where"]
     for a, b in zip(packed["results"], plain["results"], strict=True):
-        assert a["payload"] is b["payload"] is None and a["status"] == b["status"] == "ok"
+        assert a["status"] == b["status"] == "ok"
         assert same_record(a["record"], b["record"])
         assert not any(arr.flags.writeable for arr in a["record"].arrays)
     # records of one structure share its variables list, across batches too (fast combine)
@@ -136,9 +136,9 @@ def test_packed_batches_carry_the_same_results(tmp_path: Path) -> None:
     cache = TaskCache(tmp_path)
     written = unpack_batch(run_batch_packed(
         pack_batch(tasks, keys, (str(cache.root), cache.token(), 60.0))))
+    assert all(block["written"] for block in written["blocks"])
     for key, item in zip(keys, written["results"], strict=True):
-        assert item["written"] and item["payload"] is None
-        assert same_record(item["record"], decode_record(TaskCache(tmp_path).get_payload(key)))
+        assert same_record(item["record"], TaskCache(tmp_path).get_record(key))
 
 
 _GC_SEEN: list[int] = []
@@ -232,13 +232,11 @@ def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.Monk
     keys = task_keys(tasks)
     unseen_cache = ("/nonexistent/qdcavity-cache", "token", 60.0)  # the client writes
     items = with_records(run_batch(tasks, keys, unseen_cache))["results"]
-    assert items[1]["payload"] is None and isinstance(items[1]["dataset"], xr.Dataset)
-    assert "record" not in items[1]
-    assert all(items[j]["payload"] and items[j]["dataset"] is None and items[j]["record"]
-               for j in (0, 2))
-    plain = with_records(run_batch(tasks))["results"]  # no cache: no payload, same outcome
+    assert isinstance(items[1]["dataset"], xr.Dataset) and "record" not in items[1]
+    assert all(items[j]["dataset"] is None and items[j]["record"] for j in (0, 2))
+    plain = with_records(run_batch(tasks))["results"]  # no cache: the same outcome
     assert isinstance(plain[1]["dataset"], xr.Dataset) and "record" not in plain[1]
-    assert all(plain[j]["payload"] is None and plain[j]["record"] for j in (0, 2))
+    assert all(plain[j]["record"] for j in (0, 2))
 
 
 def test_sweep_gc_raises_the_threshold_and_restores_it() -> None:

@@ -328,17 +328,22 @@ def test_bulk_lookup_of_an_unlistable_folder_opens_every_entry(
     assert all(record is not None for record in found.values())
 
 
-def test_corrupt_pack_entry_is_recomputed_alone(tmp_path: Path, refl: xr.Dataset) -> None:
+def test_corrupt_pack_block_is_recomputed_alone(tmp_path: Path, refl: xr.Dataset) -> None:
+    """A pack checks each block (results of one structure) as a whole: a corrupt byte makes
+    its block's results corrupt (recomputed); the pack's other block is read as usual."""
     cache = TaskCache(tmp_path)
-    path = cache.put_many(_items(refl, range(4)))
+    narrow = refl.isel(wavelength_nm=[0])  # another structure: a block of its own
+    items = _items(refl, range(2)) + [(key_of(i), encode_dataset(narrow.assign(R=narrow.R * i)),
+                                       None) for i in (2, 3)]
+    path = cache.put_many(items)
     blob = bytearray(path.read_bytes())
-    blob[-10] ^= 0xFF  # inside the last payload (key 3)
+    blob[-10] ^= 0xFF  # inside the last block's columns (keys 2 and 3)
     path.write_bytes(bytes(blob))
     reader = TaskCache(tmp_path)
-    assert [reader.get(key_of(i)) is None for i in range(4)] == [False, False, False, True]
-    assert reader.stats.corrupt == 1 and reader.corrupt_keys == [key_of(3)]
+    assert [reader.get(key_of(i)) is None for i in range(4)] == [False, False, True, True]
+    assert reader.stats.corrupt == 2 and reader.corrupt_keys == [key_of(2), key_of(3)]
     # the recompute lands in a newer pack, which wins from then on (for every reader)
-    cache.put_many(_items(refl, range(3, 5)))
+    cache.put_many(_items(refl, range(2, 5)))
     for r in (reader, TaskCache(tmp_path)):
         r.refresh()
         np.testing.assert_allclose(r.get(key_of(3)).R, refl.R * 4)
@@ -347,7 +352,7 @@ def test_corrupt_pack_entry_is_recomputed_alone(tmp_path: Path, refl: xr.Dataset
 def test_pack_with_broken_header_counts_as_missing(tmp_path: Path, refl: xr.Dataset) -> None:
     cache = TaskCache(tmp_path)
     path = cache.put_many(_items(refl, range(3)))
-    path.write_bytes(b"QDPACK1\n{not json")
+    path.write_bytes(b"QDPACK2\n{not json")
     reader = TaskCache(tmp_path)
     assert reader.get(key_of(0)) is None and reader.stats.corrupt == 1
     assert list(reader.keys()) == []

@@ -279,3 +279,21 @@ def test_progress_bar_when_interactive_and_silent_otherwise() -> None:
         bar.update(ok=4)
     assert quiet.getvalue() == ""
     assert bar.summary() == "4 computed, 0 cached, 0 failed"
+
+
+@pytest.mark.parametrize("points", [[90.0, 110.0, 130.0], [90.0]])
+def test_client_writes_what_workers_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           points: list[float]) -> None:
+    """Workers that do not see the cache folder (another host, no shared file system) send
+    their blocks; the client writes them (one pack per batch, an entry file for a lone
+    result), and a rerun takes every result from the cache, equal to the first run's."""
+    monkeypatch.setattr(TaskCache, "if_shared", classmethod(lambda cls, root, token: None))
+    study = make_study({"IZO_top.thickness_nm": points, "QD.thickness_nm": [25.0]})
+    first, rep = run(study, tmp_path, batch_size=8)
+    assert rep.n_computed == len(points) and rep.n_written_by_workers == 0
+    stored = list((tmp_path / "cache").rglob("*.qdpack")) + list(
+        (tmp_path / "cache").glob("??/*.qdc"))
+    assert [p.suffix for p in stored] == [".qdpack" if len(points) > 1 else ".qdc"]
+    again, rep2 = run(study, tmp_path)
+    assert rep2.n_cached == len(points) and rep2.n_computed == 0
+    xr.testing.assert_identical(again.drop_attrs(), first.drop_attrs())

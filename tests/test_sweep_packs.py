@@ -1,0 +1,112 @@
+"""Pack files (qdcavity.packs): results stored as columns in blocks, read back exactly as
+decoding each result's own payload would give them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from qdcavity.cache import TaskCache
+from qdcavity.encoding import Record, decode_record, encode_dataset
+from qdcavity.packs import (
+    PACK_MAGIC,
+    CorruptEntry,
+    _checksum,
+    blocks_of_payloads,
+    pack_blocks,
+    parse_pack_header,
+    read_block,
+)
+
+
+def key_of(i: int) -> str:
+    return hashlib.sha256(f"pack-{i}".encode()).hexdigest()
+
+
+def result(i: int, order: str = "usual") -> xr.Dataset:
+    """Attributes of every kind: shared and varying texts, shared and varying non-texts
+    (numbers, numpy values, lists, arrays, mappings), a lone surrogate; big-endian data."""
+    attrs = {"conventions": "exp(-i omega t)", "stack": f'{{"t":{i}}}\ud800',
+             "n": np.int32(3), "i": i, "lst": [1, "two"], "arr": np.arange(3.0) * i,
+             "m": {"k": np.float32(1.5)}}
+    if order == "reversed":
+        attrs = dict(reversed(attrs.items()))
+    return xr.Dataset({"R": ("w", np.array([0.1, 0.2]) * i, {"units": "1"}),
+                       "big": ("w", np.array([1, 2], dtype=">i4") * i)},
+                      coords={"w": [600.0, 630.0]}, attrs=attrs)
+
+
+def same(a: Record, b: Record) -> bool:
+    return (list(a.attrs) == list(b.attrs)
+            and all(type(a.attrs[k]) is type(b.attrs[k]) and repr(a.attrs[k]) == repr(b.attrs[k])
+                    for k in a.attrs)
+            and repr(a.variables) == repr(b.variables)
+            and all(x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+                    for x, y in zip(a.arrays, b.arrays, strict=True)))
+
+
+def test_pack_reads_back_what_each_payload_decodes_to(tmp_path: Path) -> None:
+    datasets = [result(i, "reversed" if i == 2 else "usual") for i in range(5)]
+    items = [(key_of(i), encode_dataset(ds), {"backend": "tmm", "seconds": 0.001 * i})
+             for i, ds in enumerate(datasets)]
+    path = TaskCache(tmp_path).put_many(items)
+    header, _ = parse_pack_header(path.read_bytes())
+    assert len(header["blocks"]) == 2  # another attribute order: a block of its own
+    usual = header["blocks"][0]
+    assert usual["shared"]["conventions"] == "exp(-i omega t)" and "stack" in usual["texts"]
+    assert set(usual["values"]) == {"i", "arr"} and usual["meta"]["seconds"][1] == 0.001
+    reader = TaskCache(tmp_path)
+    records = [reader.get_record(key_of(i)) for i in range(5)]
+    for record, (_, payload, _) in zip(records, items, strict=True):
+        assert same(record, decode_record(payload))
+        assert not any(a.flags.writeable for a in record.arrays)
+    records[0].attrs["lst"].append("x")  # shared non-text values are each record's own
+    assert records[1].attrs["lst"] == [1, "two"]
+    assert reader.stats.hits == 5 and reader.stats.corrupt == 0
+
+
+def test_older_pack_versions_are_misses(tmp_path: Path) -> None:
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    (folder / "0-old.qdpack").write_bytes(b'QDPACK1\n{"format": "qdr2", "entries": []}\n')
+    reader = TaskCache(tmp_path)
+    assert reader.get_record(key_of(0)) is None
+    assert reader.stats.corrupt == 0 and reader.stats.misses == 1
+
+
+@pytest.mark.parametrize("damage", ["sizes", "columns", "names", "values"])
+@pytest.mark.parametrize("resealed", [False, True])
+def test_inconsistent_block_headers_are_corrupt(damage: str, resealed: bool) -> None:
+    """A block whose header was changed is corrupt (its checksum covers the header); one
+    whose header does not match its body even under a valid checksum (a writer's bug) is
+    corrupt too, never a crash."""
+    items = [(key_of(i), encode_dataset(result(i)), None) for i in range(3)]
+    blob, _ = pack_blocks(blocks_of_payloads(items))
+    header, base = parse_pack_header(blob)
+    block = header["blocks"][0]
+    if damage == "sizes":
+        block["sizes"][0][0] += 1000
+    elif damage == "columns":
+        block["structure"] = block["structure"].replace('"shape": [2]', '"shape": [3]', 1)
+    elif damage == "names":
+        block["names"].append("extra")
+    else:
+        block["values"]["i"].pop()
+    body = blob[base:]
+    if resealed:
+        block["sha256"] = _checksum(block, body[block["offset"]:block["offset"] + block["size"]])
+    text = json.dumps(header).encode()
+    with pytest.raises(CorruptEntry):
+        read_block(PACK_MAGIC + text + b"\n" + body, header, len(PACK_MAGIC) + len(text) + 1, 0)
+
+
+def test_a_lone_result_is_an_entry_file(tmp_path: Path) -> None:
+    cache = TaskCache(tmp_path)
+    payload = encode_dataset(result(1))
+    assert cache.put_many([(key_of(1), payload, {"seconds": 2.0})]) == cache.path(key_of(1))
+    assert same(TaskCache(tmp_path).get_record(key_of(1)), decode_record(payload))
