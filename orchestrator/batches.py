@@ -2,7 +2,7 @@
 
 :func:`run_batch` is what a dask worker (or the client itself, in-process) runs for each batch
 the driver in :mod:`qdcavity.executors` submits; it returns plain data (status and timings per
-task, the results' arrays as columns, the payloads the client is to write), never raises for
+task, the results as blocks of columns, whether each block is in the cache), never raises for
 a task's own error, and writes finished results to the cache folder itself when it can see it.
 """
 
@@ -130,6 +130,7 @@ class _BatchRun:
     def __init__(self, tasks: Sequence[Task], keys: Sequence[str], store: TaskCache | None,
                  flush_s: float) -> None:
         self.tasks, self.keys, self.store, self.flush_s = tasks, keys, store, flush_s
+        self.backends = [task.backend for task in tasks]
         self.where = worker_identity()
         self.out: list[dict[str, Any]] = []
         self.unencoded: list[tuple[int, xr.Dataset]] = []  # (index in out, dataset)
@@ -172,11 +173,12 @@ class _BatchRun:
         self.encoded.clear()
         if self.store is not None and blocks:
             try:
-                backends = [task.backend for task in self.tasks]
-                self.store.put_blocks([cache_block(b, self.keys, backends, self.out)
+                self.store.put_blocks([cache_block(b, self.keys, self.backends, self.out)
                                        for b in blocks], {"by": self.where})
             except OSError:
                 self.store = None  # the client writes what is left
+            except Exception:  # noqa: BLE001  a pack that cannot be made: its results still
+                pass  # travel; the client tries to store them and says so if it cannot
             else:
                 for block in blocks:
                     block["written"] = True

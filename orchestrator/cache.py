@@ -41,11 +41,11 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import xarray as xr
 
-from .encoding import Record, _payload, decode_record, encode_dataset
+from .encoding import CacheError, Record, _payload, decode_dataset, decode_record, encode_dataset
 from .errors import QdcavityError
 from .packs import (
     FORMAT,
@@ -53,12 +53,19 @@ from .packs import (
     CorruptEntry,
     OtherFormat,
     PackSlot,
+    StoredBlock,
     blocks_of_payloads,
     pack_blocks,
     pack_entries,
     parse_pack_header,
     read_block,
 )
+
+__all__ = [  # with the encoding's names that cache users have always imported from here
+    "CacheError", "CacheStats", "CorruptEntry", "OtherFormat", "Record", "TaskCache",
+    "decode_dataset", "decode_record", "default_cache_dir", "encode_dataset", "pack", "unpack",
+    "user_cache_dir",
+]
 
 MAGIC = b"QDCACHE1\n"
 SUFFIX = ".qdc"
@@ -91,7 +98,7 @@ def unpack(key: str, blob: bytes) -> tuple[dict[str, Any], bytes]:
         raise CorruptEntry("truncated header")
     try:
         header = json.loads(blob[len(MAGIC):end])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CorruptEntry("unreadable header") from None
     payload = blob[end + 1:]
     if not isinstance(header, dict) or header.get("key") != key:
@@ -124,7 +131,9 @@ class TaskCache:
         self._dirs: set[Path] = set()
         self._packs: dict[str, list[PackSlot]] | None = None  # key -> slots, newest last
         self._packs_seen: set[str] = set()
-        self._open_packs: dict[Path, _OpenPack] = {}  # the last packs read (lookups go in order)
+        self._pack_bytes: dict[Path, tuple[bytes, dict[str, Any], int]] = {}  # recent packs
+        self._blocks: dict[tuple[Path, int], StoredBlock | str] = {}  # recent blocks (or why
+        # they are corrupt), least recently used first
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -174,27 +183,36 @@ class TaskCache:
 
     def _pack_record(self, slot: PackSlot) -> Record:
         """The record in a pack's slot (CorruptEntry or OSError if it cannot be read). Each
-        block is read and checked once, when one of its records is first asked for."""
-        opened = self._open_packs.get(slot.path)
+        block is read and checked once while it is among the last ``_BLOCKS_KEPT`` used."""
+        where = (slot.path, slot.block)
+        stored = self._blocks.pop(where, None)
+        if stored is None:
+            stored = self._read_block(slot)
+        self._blocks[where] = stored  # now the most recently used
+        if len(self._blocks) > _BLOCKS_KEPT:
+            del self._blocks[next(iter(self._blocks))]
+        if isinstance(stored, str):
+            raise CorruptEntry(stored)
+        return stored.record(slot.row)
+
+    def _read_block(self, slot: PackSlot) -> StoredBlock | str:
+        """A block of a pack file, or why it is corrupt (OSError if the file cannot be read).
+        The last two pack files read stay in memory: their other blocks are usually next."""
+        opened = self._pack_bytes.pop(slot.path, None)
         if opened is None:
             blob = slot.path.read_bytes()
-            header, base = parse_pack_header(blob)
-            if len(self._open_packs) >= 4:
-                self._open_packs.pop(next(iter(self._open_packs)))
-            opened = self._open_packs[slot.path] = _OpenPack(blob, header, base, {})
-        records = opened.blocks.get(slot.block)
-        if records is None:
             try:
-                records = read_block(opened.blob, opened.header, opened.base, slot.block)
+                header, base = parse_pack_header(blob)
             except CorruptEntry as exc:
-                records = exc
-            opened.blocks[slot.block] = records
-        if isinstance(records, CorruptEntry):
-            raise records
+                return str(exc)
+            opened = (blob, header, base)
+        self._pack_bytes[slot.path] = opened
+        if len(self._pack_bytes) > 2:
+            del self._pack_bytes[next(iter(self._pack_bytes))]
         try:
-            return records[slot.row]
-        except IndexError:
-            raise CorruptEntry("no such row") from None
+            return read_block(*opened, slot.block)
+        except CorruptEntry as exc:
+            return str(exc)
 
     def _candidates(self, key: str, entry_dirs: set[str] | None = None
                     ) -> Iterator[Record | None]:
@@ -282,7 +300,9 @@ class TaskCache:
 
     def put_many(self, items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]) -> Path:
         """Store several encoded datasets (key, payload, metadata) as one pack file (one entry
-        file if just one); ValueError if a payload is not an encoded dataset."""
+        file if just one); ValueError if a payload is not an encoded dataset, or none given."""
+        if not items:
+            raise ValueError("nothing to store")
         if len(items) == 1:
             return self.put_payload(*items[0])
         return self.put_blocks(blocks_of_payloads(items))
@@ -292,7 +312,10 @@ class TaskCache:
         """Store blocks of results as one pack file, or a lone result as an entry file
         (``meta`` and its own metadata in the header); CacheError if an attribute cannot be
         stored."""
-        if sum(len(b.keys) for b in blocks) == 1:
+        n = sum(len(b.keys) for b in blocks)
+        if n == 0:
+            raise ValueError("nothing to store")
+        if n == 1:
             (block,) = (b for b in blocks if b.keys)
             own = {name: column[0] for name, column in block.meta.items()}
             payload = _payload(block.structure, block.attrs[0], [a[0] for a in block.arrays])
@@ -390,13 +413,9 @@ class TaskCache:
 _SHARED: dict[tuple[str, str], TaskCache | bool] = {}
 
 
-class _OpenPack(NamedTuple):
-    """A pack file read into memory, its header, and the blocks read from it so far."""
-
-    blob: bytes
-    header: dict[str, Any]
-    base: int
-    blocks: dict[int, list[Record] | CorruptEntry]
+#: pack blocks a TaskCache keeps read and checked (a resume reads each block's rows in turn;
+#: lookups in another order, e.g. a study whose axes were reordered, still find most here)
+_BLOCKS_KEPT = 64
 
 
 def user_cache_dir() -> Path:

@@ -356,10 +356,9 @@ def encode_dataset(ds: xr.Dataset) -> bytes:
 class Encoded(NamedTuple):
     """A result taken apart on a worker: its structure (the JSON :func:`encode_dataset`
     writes), its attributes as decoding the payload gives them, its arrays, and the payload
-    itself when asked for (the bytes for the cache). Results of one structure travel as
-    columns (:func:`result_columns`) and come back as records (:func:`records_from_columns`)
-    that equal the decoded payloads, without a payload being decoded or, when nothing is
-    cached, built."""
+    itself when asked for (workers never ask: they send, and store in packs, columns).
+    Results of one structure travel as columns (:func:`result_columns`) and come back as
+    records (:func:`records_from_columns`) that equal the decoded payloads."""
 
     structure: bytes
     attrs: dict[str, Any]
@@ -437,7 +436,8 @@ def decode_record(payload: bytes) -> Record:
     """The parts of an encoded dataset (ValueError if the bytes are not one)."""
     try:
         return _decode_record(payload)
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:  # JSON of the wrong shape
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError,
+            RecursionError) as exc:  # JSON of the wrong shape or size
         raise ValueError(f"malformed payload ({type(exc).__name__}: {exc})") from None
 
 

@@ -18,8 +18,8 @@ The driver (:func:`execute`) is the same for every executor:
 
 Workers run :func:`qdcavity.batches.run_batch`, which writes each result to the cache itself
 (when it sees the folder) and hands the arrays back as columns, from which the client rebuilds
-the records without decoding anything (it at most writes the bytes a worker could not), so the
-client stays light at thousands of tasks a second.
+the records without decoding anything (it at most writes to the cache the blocks a worker could
+not), so the client stays light at thousands of tasks a second.
 """
 
 from __future__ import annotations
@@ -650,7 +650,7 @@ class Driver:
                  cfg: ExecConfig, progress: SweepProgress | None = None,
                  raw: bool = False) -> None:
         self.tasks, self.keys, self.cache, self.cfg = tasks, keys, cache, cfg
-        self.raw = raw  # results hold cache.Record (cheap) instead of datasets
+        self.raw = raw  # results hold encoding.Record (cheap) instead of datasets
         self.cache_spec = ((str(cache.root), cache.token(), cfg.cache_flush_s)
                            if cache is not None else None)
         self.progress = progress or NullProgress()
@@ -718,6 +718,10 @@ class Driver:
             self.progress.note(f"warning: cannot write the cache ({exc}); "
                                "continuing without it")
             self.cache = None
+        except Exception as exc:  # noqa: BLE001  e.g. an attribute a pack cannot hold
+            n = sum(len(b["rows"]) for b in unwritten)
+            self.progress.note(f"warning: {n} result{'s' * (n != 1)} not cached "
+                               f"({type(exc).__name__}: {exc}); a rerun computes them again")
 
     def _lost(self, keys: list[str], exc: BaseException, pending: deque[str]
               ) -> tuple[int, int, int]:

@@ -49,9 +49,9 @@ from .encoding import (
     _from_json,
     _json_value,
     _layout,
+    _own_variables,
     _stacked,
     decode_record,
-    records_from_columns,
 )
 
 PACK_MAGIC = b"QDPACK2\n"
@@ -97,19 +97,24 @@ def pack_blocks(blocks: Sequence[Block], meta: Mapping[str, Any] | None = None
 
     CacheError (from :func:`qdcavity.encoding._json_value`) if an attribute cannot be stored.
     """
-    headers: list[dict[str, Any]] = []
+    if meta and "blocks" in meta:
+        raise ValueError("'blocks' is the pack's own header field")
+    headers: list[str] = []
     bodies: list[bytes] = []
     entries: list[tuple[str, int, int]] = []
     offset = 0
     for block in _uniform(blocks):
-        header, body = _block_bytes(block)
-        header.update(offset=offset, size=len(body))
-        headers.append(header)
+        fields, body = _block_bytes(block)
+        sha256 = _checksum(fields, body)
+        # the block's header entry: its fields, then where it lies and its checksum, written
+        # as json.dumps would write the whole dict
+        headers.append(f'{fields[:-1]}, "offset": {offset}, "size": {len(body)}, '
+                       f'"sha256": "{sha256}"}}')
         bodies.append(body)
         offset += len(body)
         entries += [(key, len(headers) - 1, row) for row, key in enumerate(block.keys)]
-    text = json.dumps({"format": FORMAT, "created": time.time(), **(meta or {}),
-                       "blocks": headers}).encode()
+    head = json.dumps({"format": FORMAT, "created": time.time(), **(meta or {})})
+    text = f'{head[:-1]}, "blocks": [{", ".join(headers)}]}}'.encode()
     return b"".join((PACK_MAGIC, text, b"\n", *bodies)), entries
 
 
@@ -139,7 +144,9 @@ def _check_lengths(block: Block) -> None:
         raise ValueError("a block's keys, attributes, columns and metadata differ in length")
 
 
-def _block_bytes(block: Block) -> tuple[dict[str, Any], bytes]:
+def _block_bytes(block: Block) -> tuple[str, bytes]:
+    """A block's header fields as JSON text (all but where it lies and its checksum) and its
+    body."""
     attrs = block.attrs
     names = [str(name) for name in attrs[0]]
     shared: dict[str, Any] = {}  # as JSON: texts as they are, other values tagged
@@ -148,14 +155,14 @@ def _block_bytes(block: Block) -> tuple[dict[str, Any], bytes]:
     for name in names:
         column = [a[name] for a in attrs]
         first = column[0]
-        if type(first) is str and all(v == first and type(v) is str for v in column):
+        if type(first) is str and all(v == first and type(v) is str for v in column) and (
+                json.loads(json.dumps(first)) == first):  # a text JSON keeps as it is
             shared[name] = first
         elif all(type(v) is str for v in column):
-            texts.append(name)
+            texts.append(name)  # raw: a surrogate pair stays two code points, as in payloads
         else:
             tagged = [_json_value(v) for v in column]
-            dumped = {json.dumps(t, sort_keys=True) for t in tagged}
-            if len(dumped) == 1:
+            if len({json.dumps(v) for v in tagged}) == 1:  # same values in the same order
                 shared[name] = tagged[0]
             else:
                 values[name] = tagged
@@ -167,21 +174,25 @@ def _block_bytes(block: Block) -> tuple[dict[str, Any], bytes]:
         data = column.tobytes()
         pieces += [data, b"\0" * (-len(data) % _ALIGN)]
     body = b"".join(pieces)
-    header = {"structure": block.structure.decode(), "keys": list(block.keys),
-              "meta": {k: list(v) for k, v in block.meta.items()}, "names": names,
-              "shared": shared, "texts": texts,
-              "sizes": [[len(b) for b in row] for row in raw], "values": values}
-    header["sha256"] = _checksum(header, body)
-    return header, body
+    fields = json.dumps({
+        "structure": block.structure.decode(), "keys": list(block.keys),
+        "meta": {k: list(v) for k, v in block.meta.items()}, "names": names, "shared": shared,
+        "texts": texts, "sizes": [[len(b) for b in row] for row in raw], "values": values})
+    return fields, body
 
 
-def _checksum(header: Mapping[str, Any], body: bytes | memoryview) -> str:
-    """SHA-256 of a block's header (all but where the block lies and the checksum itself)
-    and body: a changed size or name in the header is caught like a changed byte."""
-    fields = {k: v for k, v in header.items() if k not in ("offset", "size", "sha256")}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+def _checksum(fields: str, body: bytes | memoryview) -> str:
+    """SHA-256 of a block's header fields, as JSON text, and of its body: a changed size or
+    name in the header is caught like a changed byte."""
+    digest = hashlib.sha256(fields.encode())
     digest.update(body)
     return digest.hexdigest()
+
+
+def _fields_text(head: Mapping[str, Any]) -> str:
+    """A block's header fields as the writer wrote them: ``json.dumps`` of what ``json.loads``
+    read gives the same text back (same order, numbers, escapes; a key 9 was "9" already)."""
+    return json.dumps({k: v for k, v in head.items() if k not in ("offset", "size", "sha256")})
 
 
 # ---------------------------------------------------------------- reading
@@ -209,7 +220,7 @@ def parse_pack_header(blob: bytes) -> tuple[dict[str, Any], int]:
             raise OtherFormat(f"format {header['format']!r}")
         if not isinstance(header["blocks"], list):
             raise TypeError("blocks")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise CorruptEntry("unreadable header") from None
     return header, end + 1
 
@@ -220,74 +231,104 @@ def pack_entries(path: Path) -> list[tuple[str, PackSlot]]:
     try:
         return [(str(key), PackSlot(path, b, row)) for b, block in enumerate(header["blocks"])
                 for row, key in enumerate(block["keys"])]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, IndexError):
         raise CorruptEntry("unreadable header") from None
 
 
-def read_block(blob: bytes, header: Mapping[str, Any], base: int, block: int) -> list[Record]:
-    """The records of one block of a pack file's bytes, checked against its checksum and
-    header (CorruptEntry if anything is wrong): read-only views of the file's bytes."""
+#: what a malformed header or value can raise while a block is read (all mean: corrupt)
+_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
+              RecursionError)
+
+
+class StoredBlock:
+    """A block read from a pack and checked: its columns (copied out of the file's bytes, so
+    a record keeps only its block's arrays alive) and what each result's attributes are made
+    of. :meth:`record` builds a result's record as decoding its payload would: fresh
+    attribute objects on every call, read-only views of the columns."""
+
+    def __init__(self, structure: bytes, columns: list[np.ndarray],
+                 plan: list[tuple[str, int, Any]], texts: list[list[str]]) -> None:
+        self.structure, self.columns, self.plan, self.texts = structure, columns, plan, texts
+        self.rows = len(texts)
+
+    def record(self, row: int) -> Record:
+        if not 0 <= row < self.rows:
+            raise CorruptEntry("no such row")
+        variables, _, _, stored = _layout(self.structure)
+        own = self.texts[row]
+        attrs: dict[str, Any] = {}
+        for name, kind, value in self.plan:
+            if kind == _SHARED_TEXT:
+                attrs[name] = value
+            elif kind == _OWN_TEXT:
+                attrs[name] = own[value]
+            elif kind == _SHARED_VALUE:
+                attrs[name] = _from_json(json.loads(value))
+            else:
+                attrs[name] = _from_json(json.loads(value[row]))
+        return Record(attrs, _own_variables(variables, stored),
+                      [column[row, ...] for column in self.columns])
+
+
+_SHARED_TEXT, _OWN_TEXT, _SHARED_VALUE, _OWN_VALUE = range(4)
+
+
+def read_block(blob: bytes, header: Mapping[str, Any], base: int, block: int) -> StoredBlock:
+    """One block of a pack file's bytes, checked against its checksum and header
+    (CorruptEntry if anything is wrong)."""
     try:
         return _read_block(blob, header["blocks"][block], base)
     except CorruptEntry:
         raise
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+    except _MALFORMED as exc:
         raise CorruptEntry(f"inconsistent block ({type(exc).__name__}: {exc})") from None
 
 
-def _read_block(blob: bytes, head: Mapping[str, Any], base: int) -> list[Record]:
+def _read_block(blob: bytes, head: Mapping[str, Any], base: int) -> StoredBlock:
     start, size = base + int(head["offset"]), int(head["size"])
+    if start < base or size < 0:
+        raise ValueError("negative offset or size")
     body = memoryview(blob)[start:start + size]
     if len(body) != size:
         raise CorruptEntry("truncated pack")
-    if _checksum(head, body) != head["sha256"]:
+    if _checksum(_fields_text(head), body) != head["sha256"]:
         raise CorruptEntry("checksum mismatch")
     n = len(head["keys"])
-    names, texts, values = head["names"], head["texts"], head["values"]
-    shared = head["shared"]
-    if set(names) != set(shared) | set(texts) | set(values) or len(names) != len(
-            shared) + len(texts) + len(values) or len(head["sizes"]) != n or any(
-            len(v) != n for v in values.values()):
+    names, shared, texts, values = head["names"], head["shared"], head["texts"], head["values"]
+    if (sorted(names) != sorted([*shared, *texts, *values]) or len(head["sizes"]) != n
+            or any(len(v) != n for v in values.values())):
         raise ValueError("attribute lists do not add up")
-    attrs = _attributes(body, names, shared, texts, values, head["sizes"])
-    at = sum(map(sum, head["sizes"]))
+    plan = [(name, _SHARED_TEXT, shared[name]) if name in shared and type(shared[name]) is str
+            else (name, _SHARED_VALUE, json.dumps(shared[name])) if name in shared
+            else (name, _OWN_TEXT, texts.index(name)) if name in texts
+            else (name, _OWN_VALUE, [json.dumps(v) for v in values[name]])
+            for name in names]
+    rows, at = [], 0
+    for sizes in head["sizes"]:
+        if len(sizes) != len(texts) or not all(type(s) is int and s >= 0 for s in sizes):
+            raise ValueError("text sizes do not match the text attributes")
+        row = []
+        for s in sizes:
+            row.append(bytes(body[at:at + s]).decode("utf-8", "surrogatepass"))
+            at += s
+        rows.append(row)
+    if at > size:
+        raise ValueError("texts beyond the block")
     at += -at % _ALIGN
-    arrays = []
-    _, layout, _, _ = _layout(head["structure"].encode())
-    for dtype, shape, _, count in layout:
+    structure = head["structure"].encode()
+    columns = []
+    for dtype, shape, _, count in _layout(structure)[1]:
         nbytes = n * count * dtype.itemsize
         if at + nbytes > size:
             raise ValueError("columns beyond the block")
-        arrays.append(np.frombuffer(body, dtype=dtype, count=n * count, offset=at
-                                    ).reshape((n, *shape)))
+        column = np.frombuffer(body, dtype=dtype, count=n * count, offset=at).reshape((n, *shape))
+        column = column.copy()  # aligned, and independent of the file's bytes
+        column.flags.writeable = False
+        columns.append(column)
         at += nbytes + (-nbytes % _ALIGN)
     if at != size:
         raise ValueError("block size does not match its columns")
-    return records_from_columns(head["structure"].encode(), attrs, arrays)
-
-
-def _attributes(body: memoryview, names: Sequence[str], shared: Mapping[str, Any],
-                texts: Sequence[str], values: Mapping[str, Sequence[Any]],
-                sizes: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
-    """Each result's attributes, in the stored order, as decoding a payload gives them."""
-    text_shared = {k: v for k, v in shared.items() if type(v) is str}
-    other_shared = [k for k in shared if k not in text_shared]
-    out, at = [], 0
-    for row, row_sizes in enumerate(sizes):
-        if len(row_sizes) != len(texts):
-            raise ValueError("text sizes do not match the text attributes")
-        own: dict[str, Any] = dict(text_shared)
-        for name in other_shared:
-            own[name] = _from_json(shared[name])  # each result its own (lists, arrays)
-        for name, n in zip(texts, row_sizes, strict=True):
-            if type(n) is not int or n < 0:
-                raise ValueError("bad text size")
-            own[name] = bytes(body[at:at + n]).decode("utf-8", "surrogatepass")
-            at += n
-        for name, column in values.items():
-            own[name] = _from_json(column[row])
-        out.append({name: own[name] for name in names})
-    return out
+    return StoredBlock(structure, columns, plan, rows)
 
 
 def blocks_of_payloads(items: Sequence[tuple[str, bytes, Mapping[str, Any] | None]]

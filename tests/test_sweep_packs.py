@@ -17,6 +17,7 @@ from qdcavity.packs import (
     PACK_MAGIC,
     CorruptEntry,
     _checksum,
+    _fields_text,
     blocks_of_payloads,
     pack_blocks,
     parse_pack_header,
@@ -99,7 +100,8 @@ def test_inconsistent_block_headers_are_corrupt(damage: str, resealed: bool) -> 
         block["values"]["i"].pop()
     body = blob[base:]
     if resealed:
-        block["sha256"] = _checksum(block, body[block["offset"]:block["offset"] + block["size"]])
+        block["sha256"] = _checksum(_fields_text(block),
+                                    body[block["offset"]:block["offset"] + block["size"]])
     text = json.dumps(header).encode()
     with pytest.raises(CorruptEntry):
         read_block(PACK_MAGIC + text + b"\n" + body, header, len(PACK_MAGIC) + len(text) + 1, 0)
@@ -110,3 +112,75 @@ def test_a_lone_result_is_an_entry_file(tmp_path: Path) -> None:
     payload = encode_dataset(result(1))
     assert cache.put_many([(key_of(1), payload, {"seconds": 2.0})]) == cache.path(key_of(1))
     assert same(TaskCache(tmp_path).get_record(key_of(1)), decode_record(payload))
+
+
+def test_pack_attributes_keep_their_exact_form(tmp_path: Path) -> None:
+    """Shared values keep their own dict order; a shared text with a surrogate pair written
+    as two code points keeps them (JSON would join them); every lookup gets its own objects."""
+    datasets = [xr.Dataset({"R": ("w", [0.1 * i])}, attrs={
+        "m": {"a": 1, "b": 2} if i else {"b": 2, "a": 1}, "pair": "\ud83d\ude00",
+        "d": {"k": "v"}, "own": {"k": f"v{i}"}}) for i in range(3)]
+    items = [(key_of(i), encode_dataset(ds), None) for i, ds in enumerate(datasets)]
+    TaskCache(tmp_path).put_many(items)
+    reader = TaskCache(tmp_path)
+    for i, (_, payload, _) in enumerate(items):
+        assert same(reader.get_record(key_of(i)), decode_record(payload))
+    assert list(reader.get_record(key_of(0)).attrs["m"]) == ["b", "a"]
+    assert len(reader.get_record(key_of(1)).attrs["pair"]) == 2
+    a, b, again = (reader.get_record(key_of(i)) for i in (1, 2, 1))
+    a.attrs["d"]["k"] = "changed"
+    a.attrs["own"]["k"] = "changed"
+    assert b.attrs["d"] == {"k": "v"} and again.attrs["own"] == {"k": "v1"}
+    assert all(arr.flags.aligned and not arr.flags.writeable for arr in a.arrays)
+
+
+def test_lookups_across_many_packs_read_each_block_once(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume whose lookups jump between packs (axes reordered, another study's points)
+    reads and checks each block once, and its records keep only their block's columns."""
+    import qdcavity.cache as cache_module
+
+    cache = TaskCache(tmp_path)
+    for p in range(8):
+        cache.put_many([(key_of(10 * p + i), encode_dataset(result(10 * p + i)), None)
+                        for i in range(3)])
+    reads: list[int] = []
+    real = cache_module.read_block
+    monkeypatch.setattr(cache_module, "read_block",
+                        lambda *a: (reads.append(a[-1]), real(*a))[1])
+    reader = TaskCache(tmp_path)
+    for i in range(3):
+        for p in range(8):
+            record = reader.get_record(key_of(10 * p + i))
+            assert float(record.arrays[0][1]) == pytest.approx(0.2 * (10 * p + i))
+            assert record.arrays[0].base.nbytes < 200  # its column, not the pack's bytes
+    assert len(reads) == 8 and reader.stats.hits == 24
+
+
+def test_malformed_pack_headers_are_corrupt_not_crashes(tmp_path: Path) -> None:
+    cache = TaskCache(tmp_path)
+    path = cache.put_many([(key_of(i), encode_dataset(result(i)), None) for i in range(2)])
+    blob = path.read_bytes()
+    header, base = parse_pack_header(blob)
+    header["blocks"][0]["offset"] = float("inf")  # not covered by the checksum
+    path.write_bytes(PACK_MAGIC + json.dumps(header).encode() + b"\n" + blob[base:])
+    reader = TaskCache(tmp_path)
+    assert reader.get_record(key_of(0)) is None and reader.stats.corrupt == 1
+    deep = tmp_path / "packs" / "1-deep.qdpack"
+    deep.write_bytes(PACK_MAGIC + b"[" * 100_000 + b"\n")
+    fresh = TaskCache(tmp_path)
+    fresh.refresh()
+    assert fresh.stats.corrupt == 1  # the deep one; the other's header still reads
+
+
+def test_metadata_with_number_keys_and_empty_stores(tmp_path: Path) -> None:
+    cache = TaskCache(tmp_path)
+    odd = {"m": {10: 1, 9: 2}, "x": [float("nan"), float("inf"), 1e16, -0.0, 0.1 + 0.2,
+                                       "é\u2028\ud800\ud83d\ude00", None, True]}
+    cache.put_many([(key_of(i), encode_dataset(result(i)), odd) for i in range(2)])
+    reader = TaskCache(tmp_path)
+    assert reader.get_record(key_of(1)) is not None and reader.stats.corrupt == 0
+    with pytest.raises(ValueError, match="nothing"):
+        cache.put_many([])
+    with pytest.raises(ValueError, match="nothing"):
+        cache.put_blocks([])

@@ -297,3 +297,23 @@ def test_client_writes_what_workers_cannot(tmp_path: Path, monkeypatch: pytest.M
     again, rep2 = run(study, tmp_path)
     assert rep2.n_cached == len(points) and rep2.n_computed == 0
     xr.testing.assert_identical(again.drop_attrs(), first.drop_attrs())
+
+
+def test_a_pack_that_cannot_be_written_loses_no_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A failure other than the file system's while a pack is made (on the worker, then on
+    the client) leaves the results unstored, with a warning, and the sweep complete."""
+    from qdcavity.encoding import CacheError
+
+    def refuse(self: TaskCache, blocks: object, meta: object = None) -> None:
+        raise CacheError("an attribute the pack cannot hold")
+
+    monkeypatch.setattr(TaskCache, "put_blocks", refuse)
+    ds, rep = run(make_study({"IZO_top.thickness_nm": [90.0, 110.0]}), tmp_path,
+                  progress=SweepProgress(enabled=False))
+    assert rep.n_computed == 2 and rep.n_failed == 0 and (ds.status == "ok").all()
+    assert "1 result not cached (CacheError: an attribute" in capfd.readouterr().err
+    monkeypatch.undo()
+    _, again = run(make_study({"IZO_top.thickness_nm": [90.0, 110.0]}), tmp_path)
+    assert again.n_cached == 0 and again.n_computed == 2
