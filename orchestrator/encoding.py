@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -162,12 +162,16 @@ class Record:
     """A dataset as plain parts: attrs, and per variable its dims, attrs and array.
 
     Cheap to build from bytes (no xarray objects), so a sweep of thousands of tasks can be
-    combined without constructing thousands of datasets.
+    combined without constructing thousands of datasets. ``origin``: for a record whose
+    arrays are row ``i`` of a batch's columns, ``(columns, i)``; the combine then copies the
+    rows of a whole column at once.
     """
 
     attrs: dict[str, Any]
     variables: list[dict[str, Any]]  # name, dims, coord, attrs
     arrays: list[np.ndarray]
+    origin: tuple[list[np.ndarray], int] | None = field(default=None, repr=False,
+                                                        compare=False)
 
     @classmethod
     def from_dataset(cls, ds: xr.Dataset) -> Record:
@@ -483,7 +487,9 @@ def records_from_columns(structure: bytes, attrs: Sequence[dict[str, Any]],
     variables, _, _, stored = _layout(structure)
     for arr in arrays:
         arr.flags.writeable = False
-    return [Record(own, _own_variables(variables, stored), [arr[i, ...] for arr in arrays])
+    columns = list(arrays)
+    return [Record(own, _own_variables(variables, stored), [arr[i, ...] for arr in columns],
+                   (columns, i))
             for i, own in enumerate(attrs)]  # [i, ...]: a 0-d view, never a numpy scalar
 
 

@@ -31,6 +31,17 @@ class CachedIdentity(BaseModel):
             copied.__dict__.pop(name, None)
         return copied
 
+    def _replaced(self, **fields: Any) -> Any:
+        """A copy with ``fields`` replaced by values already valid (not validated again), its
+        cached identities dropped: what ``model_copy(update=...)`` gives, in 2 us rather than
+        the 3.5 of ``model_construct`` (a sweep makes one per point)."""
+        copied = self.__copy__()
+        state = copied.__dict__
+        for name in _cached_names(type(self)):
+            state.pop(name, None)
+        state.update(fields)
+        return copied
+
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         fields = state["__dict__"]

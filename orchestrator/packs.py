@@ -267,7 +267,7 @@ class StoredBlock:
             else:
                 attrs[name] = _from_json(json.loads(value[row]))
         return Record(attrs, _own_variables(variables, stored),
-                      [column[row, ...] for column in self.columns])
+                      [column[row, ...] for column in self.columns], (self.columns, row))
 
 
 _SHARED_TEXT, _OWN_TEXT, _SHARED_VALUE, _OWN_VALUE = range(4)

@@ -117,9 +117,9 @@ def _resized(layer: Layer, thickness_nm: float) -> Layer:
     return found[1]
 
 
-#: id of a stack -> (that stack, kept so that its id stays its own; its layer names; its fields
-#: but the layers): what each sweep point's variant of it shares (see Stack._with_thicknesses)
-_VARIANT_BASES: dict[int, tuple[Any, frozenset[str], dict[str, Any]]] = {}
+#: id of a stack -> (that stack, kept so that its id stays its own; its layer names): what each
+#: sweep point's variant of it needs (see Stack._with_thicknesses)
+_VARIANT_BASES: dict[int, tuple[Any, frozenset[str]]] = {}
 
 
 class Stack(CachedIdentity):
@@ -240,12 +240,10 @@ class Stack(CachedIdentity):
         if base is None:  # the fast path applies: remember what the variants share
             if len(_VARIANT_BASES) >= 256:
                 _VARIANT_BASES.clear()
-            fields = {name: getattr(self, name) for name in type(self).model_fields
-                      if name != "layers"}
-            base = _VARIANT_BASES[id(self)] = (self, names, fields)
+            _VARIANT_BASES[id(self)] = (self, names)
         layers = tuple(_resized(la, thickness[la.name]) if la.name in thickness else la
                        for la in self.layers)
-        return Stack.model_construct(**base[2], layers=layers)
+        return self._replaced(layers=layers)
 
     def addressable_fields(self) -> list[str]:
         out = ["substrate.material", "superstrate.material", "gain_layer", "emitter_layer"]

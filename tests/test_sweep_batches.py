@@ -321,6 +321,33 @@ def test_numpy_combine_of_records() -> None:
     assert _stack_fast([recs[0], other]) is None
 
 
+def test_combine_copies_batch_columns_as_the_records_would() -> None:
+    """Records that are rows of a batch's columns (two batches, interleaved points, a failed
+    point, a record of its own) combine exactly as the same records one by one; a batch whose
+    coordinate differs in value falls back to xarray's concat, one equal only as bytes (NaN)
+    or only as values (-0.0) does not."""
+    import dataclasses
+
+    def batch(values: list[float], coord: list[float]) -> list[Record]:
+        return records_of(*(xr.Dataset({"R": ("w", np.array([v, v + 1]))},
+                                       coords={"w": coord}, attrs={"p": str(v)})
+                            for v in values))
+
+    first, second = batch([0.1, 0.2, 0.3], [1.0, np.nan]), batch([0.4, 0.5], [1.0, np.nan])
+    assert first[0].origin is not None and first[0].origin[0] is first[2].origin[0]
+    lone = record(0.6, [1.0, np.nan], {"p": "0.6"})
+    recs = [second[1], first[0], None, first[2], lone, second[0], first[1]]
+    fast = _stack_fast(recs)
+    one_by_one = _stack_fast([r and dataclasses.replace(r, origin=None) for r in recs])
+    assert fast is not None and one_by_one is not None
+    xr.testing.assert_identical(fast, one_by_one)
+    np.testing.assert_array_equal(fast.R.values[[0, 1, 3, 4, 5, 6], 0],
+                                  [0.5, 0.1, 0.3, 0.6, 0.4, 0.2])
+    assert np.isnan(fast.R.values[2]).all()
+    assert _stack_fast([*first, *batch([0.7], [1.0, 2.0])]) is None
+    assert _stack_fast([*batch([0.1], [0.0, 2.0]), *batch([0.2, 0.3], [-0.0, 2.0])]) is not None
+
+
 def test_task_keys_unchanged_by_shared_layers() -> None:
     """A key assembled from shared, memoized layers equals the documented formula applied to
     the same stack validated from scratch."""
