@@ -14,7 +14,8 @@
    other programs competing for the cores do not inflate. Both also as a fraction of the solver
    time per task (target < 10 %). "Solver time" is ``run_task`` (``qdcavity.api.solve``) on
    the worker. The cluster's CPU overhead after start-up is measured on a cluster that is
-   already running (:func:`steady_cluster`: the workers' own CPU before and after); the dask
+   already running (:func:`steady_cluster`: the workers' own CPU before and after; the median
+   of three runs each with and without the cache, alternating, and their range); the dask
    share is that minus the serial overhead, both without the cache. A per-step breakdown
    (expand, key, encode, cache write/read, decode, combine) is printed first.
 3. Parallel efficiency of a sweep of small Meep tasks on 1 versus 2 workers (target >= 1.7x),
@@ -97,13 +98,15 @@ def _process_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def steady_cluster(study: Any, workers: int, use_cache: bool = True) -> dict[str, Any]:
+def steady_cluster(study: Any, workers: int, repeats: int = 3) -> dict[str, dict[str, Any]]:
     """CPU overhead per task on a local cluster that is already running: the study goes to
     its scheduler address, and the workers' own CPU is read before and after (``client.run``),
     so worker start-up, imports and shut-down are not in it, nor their noise (a 20-task run
     varies by tenths of a CPU second). The client process (which also hosts the scheduler)
     is measured as it is; the fixed cost of one run (connecting, a few small batches) is that
-    of a 20-task run, subtracted."""
+    of a 20-task run, subtracted. Runs with and without the cache alternate, ``repeats`` of
+    each on the same cluster; each is reported as the median run, with the range (on this
+    shared 2-core machine one run differs from the next by up to 10 us per task)."""
     from qdcavity.executors import ExecConfig, open_pool
     from qdcavity.runner import execute_study
 
@@ -111,7 +114,7 @@ def steady_cluster(study: Any, workers: int, use_cache: bool = True) -> dict[str
         client = pool.client
         address = client.scheduler.address
 
-        def run(st: Any) -> tuple[Any, float]:
+        def run(st: Any, use_cache: bool) -> tuple[Any, float]:
             with tempfile.TemporaryDirectory(prefix="qdc-bench-", dir=CACHE_BASE) as d:
                 w0, c0 = sum(client.run(_process_cpu).values()), _cpu()[0]
                 _, rep = execute_study(st, executor="address", address=address, cache_dir=d,
@@ -119,16 +122,32 @@ def steady_cluster(study: Any, workers: int, use_cache: bool = True) -> dict[str
                 c1, w1 = _cpu()[0], sum(client.run(_process_cpu).values())
             return rep, (c1 - c0) + (w1 - w0)
 
-        run(tmm_study(20))  # worker imports
-        small, small_cpu = run(tmm_study(20))
-        rep, cpu = run(study)
-    n = rep.n_tasks - small.n_tasks
-    over = (cpu - small_cpu - rep.solver_cpu_s + small.solver_cpu_s) / n
-    solver = rep.solver_cpu_s / rep.n_tasks
-    return {"tasks": rep.n_tasks, "batches": rep.n_batches, "cpu_s": round(cpu, 3),
-            "fixed_cpu_s": round(small_cpu, 3), "solver_cpu_ms_per_task": round(1e3 * solver, 3),
-            "cpu_overhead_ms_per_task": round(1e3 * over, 3),
-            "cpu_overhead_fraction": round(over / solver, 3)}
+        run(tmm_study(20), True)  # worker imports
+        runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+        for _ in range(repeats):
+            for use_cache in (True, False):
+                small, small_cpu = run(tmm_study(20), use_cache)
+                rep, cpu = run(study, use_cache)
+                n = rep.n_tasks - small.n_tasks
+                over = (cpu - small_cpu - rep.solver_cpu_s + small.solver_cpu_s) / n
+                solver = rep.solver_cpu_s / rep.n_tasks
+                runs[use_cache].append({
+                    "tasks": rep.n_tasks, "batches": rep.n_batches, "cpu_s": round(cpu, 3),
+                    "fixed_cpu_s": round(small_cpu, 3),
+                    "solver_cpu_ms_per_task": round(1e3 * solver, 3),
+                    "cpu_overhead_ms_per_task": round(1e3 * over, 3),
+                    "cpu_overhead_fraction": round(over / solver, 3)})
+    out = {}
+    for use_cache, found in runs.items():
+        found.sort(key=lambda r: r["cpu_overhead_ms_per_task"])
+        median = dict(found[len(found) // 2])
+        median["range_ms_per_task"] = [found[0]["cpu_overhead_ms_per_task"],
+                                       found[-1]["cpu_overhead_ms_per_task"]]
+        median["range_fraction"] = [found[0]["cpu_overhead_fraction"],
+                                    found[-1]["cpu_overhead_fraction"]]
+        median["runs"] = len(found)
+        out["cache" if use_cache else "no_cache"] = median
+    return out
 
 
 def breakdown(study: Any, n: int = 500) -> dict[str, float]:
@@ -216,11 +235,11 @@ def bench_tmm(points: int, workers: int) -> dict[str, Any]:
     # fixed costs of a cluster run (start-up, worker imports, shut-down) from a 20-task sweep
     fixed = timed_run(tmm_study(20), executor="local", workers=workers, use_cache=False)
     fixed_cpu = fixed["client_cpu_s"] + fixed["workers_cpu_s"]
-    for run in (cluster, bare):
-        steady = steady_cluster(study, workers, use_cache=run is cluster)
-        run["cpu_overhead_ms_per_task_after_startup"] = steady["cpu_overhead_ms_per_task"]
-        run["cpu_overhead_fraction_after_startup"] = steady["cpu_overhead_fraction"]
-        run["steady"] = steady
+    steady = steady_cluster(study, workers)
+    for run, which in ((cluster, "cache"), (bare, "no_cache")):
+        run["cpu_overhead_ms_per_task_after_startup"] = steady[which]["cpu_overhead_ms_per_task"]
+        run["cpu_overhead_fraction_after_startup"] = steady[which]["cpu_overhead_fraction"]
+        run["steady"] = steady[which]
     dask_ms = bare["cpu_overhead_ms_per_task_after_startup"] - \
         serial_bare["cpu_overhead_ms_per_task"]
     return {"per_task_costs_us": costs, "serial": serial, "serial_no_cache": serial_bare,
@@ -273,12 +292,15 @@ def report_tmm(out: dict[str, Any], args: argparse.Namespace) -> None:
           f"{t['speedup_wall']}")
     print(f"cluster start-up and shut-down: {t['cluster_fixed_cost']['wall_s']} s, "
           f"{t['cluster_fixed_cost']['cpu_s']} CPU s")
-    print(f"CPU overhead per task beyond the solver on a running cluster: "
+    ranges = [run["steady"]["range_ms_per_task"] for run in (loc, bare)]
+    print(f"CPU overhead per task beyond the solver on a running cluster (median of "
+          f"{loc['steady']['runs']} runs, range): "
           f"{loc['cpu_overhead_ms_per_task_after_startup']} ms "
-          f"({100 * loc['cpu_overhead_fraction_after_startup']:.0f} %) with the cache, "
-          f"{bare['cpu_overhead_ms_per_task_after_startup']} ms "
-          f"({100 * bare['cpu_overhead_fraction_after_startup']:.0f} %) without; serial "
-          f"{ser['cpu_overhead_ms_per_task']} ms ({100 * ser['cpu_overhead_fraction']:.0f} %)")
+          f"({100 * loc['cpu_overhead_fraction_after_startup']:.1f} %; {ranges[0][0]}-"
+          f"{ranges[0][1]}) with the cache, {bare['cpu_overhead_ms_per_task_after_startup']} ms "
+          f"({100 * bare['cpu_overhead_fraction_after_startup']:.1f} %; {ranges[1][0]}-"
+          f"{ranges[1][1]}) without; serial {ser['cpu_overhead_ms_per_task']} ms "
+          f"({100 * ser['cpu_overhead_fraction']:.1f} %)")
     print(f"of which dask (cluster minus serial, both without cache): "
           f"{t['dask_overhead_ms_per_task']} ms per task "
           f"({100 * t['dask_overhead_fraction']:.0f} % of solver CPU); the rest is per-task work "
