@@ -15,7 +15,7 @@
    time per task (target < 10 %). "Solver time" is ``run_task`` (``qdcavity.api.solve``) on
    the worker. The cluster's CPU overhead after start-up is measured on a cluster that is
    already running (:func:`steady_cluster`: the workers' own CPU before and after; the median
-   of three runs each with and without the cache, alternating, and their range); the dask
+   of three runs each with and without the cache, in alternating order, and their range); the dask
    share is that minus the serial overhead, both without the cache. A per-step breakdown
    (expand, key, encode, cache write/read, decode, combine) is printed first.
 3. Parallel efficiency of a sweep of small Meep tasks on 1 versus 2 workers (target >= 1.7x),
@@ -104,9 +104,10 @@ def steady_cluster(study: Any, workers: int, repeats: int = 3) -> dict[str, dict
     so worker start-up, imports and shut-down are not in it, nor their noise (a 20-task run
     varies by tenths of a CPU second). The client process (which also hosts the scheduler)
     is measured as it is; the fixed cost of one run (connecting, a few small batches) is that
-    of a 20-task run, subtracted. Runs with and without the cache alternate, ``repeats`` of
-    each on the same cluster; each is reported as the median run, with the range (on this
-    shared 2-core machine one run differs from the next by up to 10 us per task)."""
+    of a 20-task run, subtracted. Runs with and without the cache alternate (each pair in the
+    other order than the last), ``repeats`` of each on the same cluster; each is reported as
+    the median run, with the range (on this shared 2-core machine one run differs from the
+    next by up to 10 us per task)."""
     from qdcavity.executors import ExecConfig, open_pool
     from qdcavity.runner import execute_study
 
@@ -124,8 +125,8 @@ def steady_cluster(study: Any, workers: int, repeats: int = 3) -> dict[str, dict
 
         run(tmm_study(20), True)  # worker imports
         runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
-        for _ in range(repeats):
-            for use_cache in (True, False):
+        for repeat in range(repeats):
+            for use_cache in ((True, False) if repeat % 2 == 0 else (False, True)):
                 small, small_cpu = run(tmm_study(20), use_cache)
                 rep, cpu = run(study, use_cache)
                 n = rep.n_tasks - small.n_tasks
@@ -143,8 +144,8 @@ def steady_cluster(study: Any, workers: int, repeats: int = 3) -> dict[str, dict
         median = dict(found[len(found) // 2])
         median["range_ms_per_task"] = [found[0]["cpu_overhead_ms_per_task"],
                                        found[-1]["cpu_overhead_ms_per_task"]]
-        median["range_fraction"] = [found[0]["cpu_overhead_fraction"],
-                                    found[-1]["cpu_overhead_fraction"]]
+        fractions = sorted(r["cpu_overhead_fraction"] for r in found)
+        median["range_fraction"] = [fractions[0], fractions[-1]]
         median["runs"] = len(found)
         out["cache" if use_cache else "no_cache"] = median
     return out

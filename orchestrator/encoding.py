@@ -163,15 +163,16 @@ class Record:
 
     Cheap to build from bytes (no xarray objects), so a sweep of thousands of tasks can be
     combined without constructing thousands of datasets. ``origin``: for a record whose
-    arrays are row ``i`` of a batch's columns, ``(columns, i)``; the combine then copies the
-    rows of a whole column at once.
+    arrays are row ``i`` of a batch's columns, ``(columns, i, arrays)``; the combine then
+    copies the rows of a whole column at once, as long as the record still holds that very
+    ``arrays`` list (a record given other arrays is read one by one).
     """
 
     attrs: dict[str, Any]
     variables: list[dict[str, Any]]  # name, dims, coord, attrs
     arrays: list[np.ndarray]
-    origin: tuple[list[np.ndarray], int] | None = field(default=None, repr=False,
-                                                        compare=False)
+    origin: tuple[list[np.ndarray], int, list[np.ndarray]] | None = field(
+        default=None, repr=False, compare=False)
 
     @classmethod
     def from_dataset(cls, ds: xr.Dataset) -> Record:
@@ -488,9 +489,16 @@ def records_from_columns(structure: bytes, attrs: Sequence[dict[str, Any]],
     for arr in arrays:
         arr.flags.writeable = False
     columns = list(arrays)
-    return [Record(own, _own_variables(variables, stored), [arr[i, ...] for arr in columns],
-                   (columns, i))
-            for i, own in enumerate(attrs)]  # [i, ...]: a 0-d view, never a numpy scalar
+    return [_row_record(own, _own_variables(variables, stored), columns, i)
+            for i, own in enumerate(attrs)]
+
+
+def _row_record(attrs: dict[str, Any], variables: list[dict[str, Any]],
+                columns: list[np.ndarray], row: int) -> Record:
+    """The record of one row of a batch's columns ([row, ...]: 0-d views, never numpy
+    scalars), which knows where it comes from (see ``Record.origin``)."""
+    arrays = [column[row, ...] for column in columns]
+    return Record(attrs, variables, arrays, (columns, row, arrays))
 
 
 def decode_dataset(payload: bytes) -> xr.Dataset:

@@ -50,6 +50,7 @@ from .encoding import (
     _json_value,
     _layout,
     _own_variables,
+    _row_record,
     _stacked,
     decode_record,
 )
@@ -266,8 +267,7 @@ class StoredBlock:
                 attrs[name] = _from_json(json.loads(value))
             else:
                 attrs[name] = _from_json(json.loads(value[row]))
-        return Record(attrs, _own_variables(variables, stored),
-                      [column[row, ...] for column in self.columns], (self.columns, row))
+        return _row_record(attrs, _own_variables(variables, stored), self.columns, row)
 
 
 _SHARED_TEXT, _OWN_TEXT, _SHARED_VALUE, _OWN_VALUE = range(4)

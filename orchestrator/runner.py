@@ -20,7 +20,7 @@ from .errors import BackendError, ConfigError
 from .executors import ExecConfig, Report, execute
 from .progress import SweepProgress
 from .registry import default_registry, get_backend
-from .stack import Stack, load_stack
+from .stack import load_stack
 from .study import Study, load_study
 from .tasks import Task, TaskResult, key_from_prefix, run_task
 
@@ -139,7 +139,8 @@ def _stack_fast(records: list[Record | None]) -> xr.Dataset | None:
     Equivalent to concatenating the datasets (failed points filled with NaN, '' or 0), but
     without building one xarray object per point: a 10,000-point sweep combines in a blink.
     Records that are rows of one batch's columns (their ``origin``) are checked and copied a
-    column at a time.
+    column at a time when the batch has at least ``_COLUMN_ROWS`` of them here (below that,
+    one by one is quicker).
     """
     ok = [r for r in records if r is not None]
     template = ok[0]
@@ -155,15 +156,19 @@ def _stack_fast(records: list[Record | None]) -> xr.Dataset | None:
         # flags and attributes; dtypes and shapes then follow from that structure too
         if rec.variables is not template.variables and not _same_signature(rec, sig):
             return None
-        if rec.origin is None:
+        origin = rec.origin
+        if origin is None or origin[2] is not rec.arrays:
             alone.append((i, rec))
             continue
-        columns, row = rec.origin
-        found = batches.get(id(columns))
+        found = batches.get(id(origin[0]))
         if found is None:
-            found = batches[id(columns)] = (columns, [], [])
-        found[1].append(row)
+            found = batches[id(origin[0])] = (origin[0], [], [])
+        found[1].append(origin[1])
         found[2].append(i)
+    for key, (_, rows, points) in list(batches.items()):
+        if len(rows) < _COLUMN_ROWS:  # a few rows: one by one is quicker than numpy's set-up
+            alone += [(i, records[i]) for i in points]
+            del batches[key]
     for j, (arr0, raw0) in coords.items():
         if not all(_rows_equal(columns[j][rows], arr0, raw0)
                    for columns, rows, _ in batches.values()):
@@ -187,6 +192,10 @@ def _stack_fast(records: list[Record | None]) -> xr.Dataset | None:
             out[i] = rec.arrays[j]
         data_vars[v["name"]] = xr.Variable(("point", *v["dims"]), out, attrs=dict(v["attrs"]))
     return xr.Dataset(data_vars, coords=coords_out, attrs=_common_attrs(ok))
+
+
+#: rows of one batch's columns below which the combine reads the records one by one
+_COLUMN_ROWS = 16
 
 
 def _rows_equal(rows: np.ndarray, arr0: np.ndarray, raw0: bytes) -> bool:
@@ -324,13 +333,15 @@ def combine(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Da
     return ds
 
 
-def task_keys(tasks: Sequence[Task]) -> list[str]:
+def task_keys(tasks: Sequence[Task], keep_json: bool = False) -> list[str]:
     """Each task's cache key; an unknown backend (e.g. on the ``backend`` axis) fails here.
 
-    A stack that only one task holds (a point of a stack axis) has its canonical JSON built
-    for its key but not kept: at 1.7 kB per TE-DIZO point it was 40 % of the client's memory
-    per point (workers rebuild it for the result's provenance, as pickles never carry it).
-    A stack that several tasks share, or whose JSON was already built, keeps it."""
+    Unless ``keep_json``, a stack that only one task holds (a point of a stack axis) has its
+    canonical JSON built for its key but not kept: at 1.7 kB per TE-DIZO point it was 40 % of
+    the client's memory per point; workers rebuild it for the result's provenance, as pickles
+    never carry it. Keep it when the tasks are solved in this process (which builds it again
+    otherwise). A stack that several tasks share, or whose JSON was already built, keeps it."""
+    tasks = tasks if isinstance(tasks, list | tuple) else list(tasks)
     versions: dict[str, str] = {}
     prefixes: dict[tuple[int, str, int], str] = {}  # by the objects' ids: all alive here
     holders = Counter(id(task.stack) for task in tasks)
@@ -343,13 +354,11 @@ def task_keys(tasks: Sequence[Task]) -> list[str]:
         if prefix is None:
             prefix = prefixes[which] = task.key_prefix(versions[task.backend])
         stack = task.stack
-        text = (stack.canonical_json if holders[id(stack)] > 1 or "canonical_json" in stack.__dict__
-                else _UNCACHED_CANONICAL_JSON(stack))
-        keys.append(key_from_prefix(prefix, text))
+        drop = not keep_json and holders[id(stack)] == 1 and "canonical_json" not in stack.__dict__
+        keys.append(key_from_prefix(prefix, stack.canonical_json))
+        if drop:
+            del stack.__dict__["canonical_json"]
     return keys
-
-
-_UNCACHED_CANONICAL_JSON = Stack.canonical_json.func  # the property's function, result not kept
 
 
 def study_cache(study: Study, cache_dir: str | Path | None = None) -> TaskCache:
@@ -388,8 +397,11 @@ def execute_study(study: Study | str | Path, backend: str | None = None,
         tasks = expand(study, backend)
         if not tasks:
             raise ConfigError("the study expands to no task")
-        keys = task_keys(tasks)
-        if callable(executor) and not isinstance(executor, str | ExecConfig):
+        custom = callable(executor) and not isinstance(executor, str | ExecConfig)
+        cfg = None if custom else _exec_config(study, executor, exec_overrides)
+        # solved in this process, a stack keeps its canonical JSON anyway (provenance)
+        keys = task_keys(tasks, keep_json=cfg is None or cfg.kind == "inprocess")
+        if cfg is None:
             results = executor(tasks, study)
             report = Report(executor=getattr(executor, "__name__", "custom"), n_tasks=len(tasks),
                             n_computed=sum(r.status == "ok" for r in results),
@@ -397,7 +409,6 @@ def execute_study(study: Study | str | Path, backend: str | None = None,
         else:
             if resume and not use_cache:
                 raise ConfigError("--resume needs the cache (do not combine it with --no-cache)")
-            cfg = _exec_config(study, executor, exec_overrides)
             cache = study_cache(study, cache_dir) if use_cache else None
             results, report = execute(tasks, keys, cache, cfg, progress, raw=True)
         ds = combine(study, tasks, results)

@@ -172,6 +172,12 @@ def test_thickness_overrides_fast_path_equals_full_validation(te_dizo: Stack) ->
     for bad in (0, float("nan"), "thick", True):
         with pytest.raises(ConfigError, match=r"layers\[6\]\.thickness_nm"):
             te_dizo.with_overrides({"IZO_top.thickness_nm": bad})
+    # a variant marks what it replaced as set, as model_copy(update=...) does, and shares no
+    # state with its base
+    assert "layers" in fast.__pydantic_fields_set__
+    assert fast.__pydantic_fields_set__ is not te_dizo.__pydantic_fields_set__
+    with pytest.raises(ValueError, match="not fields of Stack"):
+        te_dizo._replaced(thickness=1.0)
 
 
 def test_indices_bleach_the_named_layer(te_dizo: Stack) -> None:

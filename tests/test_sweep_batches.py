@@ -323,29 +323,37 @@ def test_numpy_combine_of_records() -> None:
 
 def test_combine_copies_batch_columns_as_the_records_would() -> None:
     """Records that are rows of a batch's columns (two batches, interleaved points, a failed
-    point, a record of its own) combine exactly as the same records one by one; a batch whose
-    coordinate differs in value falls back to xarray's concat, one equal only as bytes (NaN)
-    or only as values (-0.0) does not."""
+    point, a record of its own, a batch with too few rows for column copies, a record given
+    other arrays) combine exactly as the same records one by one; a batch whose coordinate
+    differs in value falls back to xarray's concat, one equal only as bytes (NaN) or only as
+    values (-0.0) does not."""
     import dataclasses
+
+    from qdcavity import runner
 
     def batch(values: list[float], coord: list[float]) -> list[Record]:
         return records_of(*(xr.Dataset({"R": ("w", np.array([v, v + 1]))},
                                        coords={"w": coord}, attrs={"p": str(v)})
                             for v in values))
 
-    first, second = batch([0.1, 0.2, 0.3], [1.0, np.nan]), batch([0.4, 0.5], [1.0, np.nan])
+    rows = runner._COLUMN_ROWS
+    first = batch([0.01 * i for i in range(rows + 2)], [1.0, np.nan])
+    second = batch([1 + 0.01 * i for i in range(rows)], [1.0, np.nan])
+    few = batch([5.0, 6.0], [1.0, np.nan])
     assert first[0].origin is not None and first[0].origin[0] is first[2].origin[0]
+    moved = dataclasses.replace(first[3], arrays=[np.array([42.0, 43.0]), first[3].arrays[1]])
     lone = record(0.6, [1.0, np.nan], {"p": "0.6"})
-    recs = [second[1], first[0], None, first[2], lone, second[0], first[1]]
+    recs = [*second[::-1], None, *first[:3], few[0], lone, *first[4:], moved, few[1]]
     fast = _stack_fast(recs)
     one_by_one = _stack_fast([r and dataclasses.replace(r, origin=None) for r in recs])
     assert fast is not None and one_by_one is not None
     xr.testing.assert_identical(fast, one_by_one)
-    np.testing.assert_array_equal(fast.R.values[[0, 1, 3, 4, 5, 6], 0],
-                                  [0.5, 0.1, 0.3, 0.6, 0.4, 0.2])
-    assert np.isnan(fast.R.values[2]).all()
-    assert _stack_fast([*first, *batch([0.7], [1.0, 2.0])]) is None
-    assert _stack_fast([*batch([0.1], [0.0, 2.0]), *batch([0.2, 0.3], [-0.0, 2.0])]) is not None
+    np.testing.assert_array_equal(fast.R.values[:rows, 0], [1 + 0.01 * i
+                                                           for i in range(rows)][::-1])
+    assert np.isnan(fast.R.values[rows]).all() and fast.R.values[-2, 0] == 42.0
+    assert _stack_fast([*first, *batch([0.7] * rows, [1.0, 2.0])]) is None
+    assert _stack_fast([*batch([0.1] * rows, [0.0, 2.0]),
+                        *batch([0.2] * rows, [-0.0, 2.0])]) is not None
 
 
 def test_task_keys_unchanged_by_shared_layers() -> None:
@@ -401,6 +409,9 @@ def test_task_keys_do_not_keep_the_canonical_json_of_a_points_own_stack() -> Non
     assert len({id(t.stack) for t in shared}) == 1
     task_keys(shared)
     assert "canonical_json" in shared[0].stack.__dict__
+    kept = sweep_tasks(2, 1)  # solved in this process: kept (it would be built again)
+    assert task_keys(iter(kept), keep_json=True) == [t.key(version) for t in kept]
+    assert all("canonical_json" in t.stack.__dict__ for t in kept)
 
 
 def test_resized_layers_keep_the_spelling_of_their_own_material() -> None:
