@@ -149,12 +149,12 @@ def _block_bytes(block: Block) -> tuple[str, bytes]:
     """A block's header fields as JSON text (all but where it lies and its checksum) and its
     body."""
     attrs = block.attrs
-    names = [str(name) for name in attrs[0]]
+    names = [str(key) for key in attrs[0]]  # str already as decoding gives them; JSON's anyway
     shared: dict[str, Any] = {}  # as JSON: texts as they are, other values tagged
     texts: list[str] = []
     values: dict[str, list[Any]] = {}
-    for name in names:
-        column = [a[name] for a in attrs]
+    for key, name in zip(attrs[0], names, strict=True):
+        column = [a[key] for a in attrs]
         first = column[0]
         if type(first) is str and all(v == first and type(v) is str for v in column) and (
                 json.loads(json.dumps(first)) == first):  # a text JSON keeps as it is
@@ -167,7 +167,8 @@ def _block_bytes(block: Block) -> tuple[str, bytes]:
                 shared[name] = tagged[0]
             else:
                 values[name] = tagged
-    raw = [[a[name].encode("utf-8", "surrogatepass") for name in texts] for a in attrs]
+    text_keys = [key for key, name in zip(attrs[0], names, strict=True) if name in texts]
+    raw = [[a[key].encode("utf-8", "surrogatepass") for key in text_keys] for a in attrs]
     pieces = [b for row in raw for b in row]
     size = sum(map(len, pieces))
     pieces.append(b"\0" * (-size % _ALIGN))

@@ -12,9 +12,10 @@ import pytest
 import xarray as xr
 
 from qdcavity.cache import TaskCache
-from qdcavity.encoding import Record, decode_record, encode_dataset
+from qdcavity.encoding import Record, decode_record, encode_dataset, encode_result, result_columns
 from qdcavity.packs import (
     PACK_MAGIC,
+    Block,
     CorruptEntry,
     _checksum,
     _fields_text,
@@ -184,3 +185,16 @@ def test_metadata_with_number_keys_and_empty_stores(tmp_path: Path) -> None:
         cache.put_many([])
     with pytest.raises(ValueError, match="nothing"):
         cache.put_blocks([])
+
+
+def test_blocks_given_attributes_with_other_keys_than_text() -> None:
+    """Attribute names are stored as text (as in payloads), whatever the block was given."""
+    enc = [encode_result(xr.Dataset({"R": ("w", [float(i)])}, attrs={"s": "x"}), False)
+           for i in range(3)]
+    given = [{7: f"v{i}", "s": "x"} for i in range(3)]
+    blob, _ = pack_blocks([Block(enc[0].structure, [key_of(i) for i in range(3)], given,
+                                 result_columns(enc), {})])
+    header, base = parse_pack_header(blob)
+    stored = read_block(blob, header, base, 0)
+    assert [stored.record(i).attrs for i in range(3)] == [{"7": f"v{i}", "s": "x"}
+                                                          for i in range(3)]
