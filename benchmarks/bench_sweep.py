@@ -132,6 +132,8 @@ def steady_cluster(study: Any, workers: int, repeats: int = 3) -> dict[str, dict
                 n = rep.n_tasks - small.n_tasks
                 over = (cpu - small_cpu - rep.solver_cpu_s + small.solver_cpu_s) / n
                 solver = rep.solver_cpu_s / rep.n_tasks
+                print(f"  running cluster, {'with' if use_cache else 'without'} the cache: "
+                      f"{1e3 * over:.3f} ms per task beyond the solver", flush=True)
                 runs[use_cache].append({
                     "tasks": rep.n_tasks, "batches": rep.n_batches, "cpu_s": round(cpu, 3),
                     "fixed_cpu_s": round(small_cpu, 3),

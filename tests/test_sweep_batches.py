@@ -454,3 +454,25 @@ def test_an_attribute_json_cannot_hold_fails_that_result_only() -> None:
             encode_result(ds, with_payload)
     with pytest.raises(CacheError, match="cannot be stored"):  # TaskCache.put's way too
         encode_dataset(ds)
+
+
+def _freeze_count_after_a_batch() -> tuple[int, int]:
+    before = gc.get_freeze_count()
+    run_batch_packed(pack_batch(sweep_tasks(1, 1)))
+    return before, gc.get_freeze_count()
+
+
+def test_dask_workers_freeze_their_imports_once() -> None:
+    """A dask worker freezes what it holds before its first batch (full collections skip its
+    imports from then on); a process that is not a dask worker is left as it is."""
+    from distributed import Client, LocalCluster
+
+    before = gc.get_freeze_count()
+    run_batch_packed(pack_batch(sweep_tasks(1, 1)))  # here: not a dask worker
+    assert gc.get_freeze_count() == before
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        first = client.submit(_freeze_count_after_a_batch, pure=False).result()
+        second = client.submit(_freeze_count_after_a_batch, pure=False).result()
+    assert first[0] == 0 and first[1] > 10_000
+    assert second[0] == second[1] <= first[1]  # not again (frozen objects may be freed)
