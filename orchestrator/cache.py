@@ -38,7 +38,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from .packs import (
     PackSlot,
     StoredBlock,
     blocks_of_payloads,
+    header_line,
     pack_blocks,
     pack_entries,
     parse_pack_header,
@@ -93,14 +94,8 @@ def unpack(key: str, blob: bytes) -> tuple[dict[str, Any], bytes]:
     """Check a cache file's bytes; return (header, payload) or raise CorruptEntry."""
     if not blob.startswith(MAGIC):
         raise CorruptEntry("bad magic")
-    end = blob.find(b"\n", len(MAGIC))
-    if end < 0:
-        raise CorruptEntry("truncated header")
-    try:
-        header = json.loads(blob[len(MAGIC):end])
-    except (ValueError, RecursionError):
-        raise CorruptEntry("unreadable header") from None
-    payload = blob[end + 1:]
+    header, start = header_line(blob, len(MAGIC))
+    payload = blob[start:]
     if not isinstance(header, dict) or header.get("key") != key:
         raise CorruptEntry("key mismatch")
     if header.get("format") != FORMAT:
@@ -184,13 +179,8 @@ class TaskCache:
     def _pack_record(self, slot: PackSlot) -> Record:
         """The record in a pack's slot (CorruptEntry or OSError if it cannot be read). Each
         block is read and checked once while it is among the last ``_BLOCKS_KEPT`` used."""
-        where = (slot.path, slot.block)
-        stored = self._blocks.pop(where, None)
-        if stored is None:
-            stored = self._read_block(slot)
-        self._blocks[where] = stored  # now the most recently used
-        if len(self._blocks) > _BLOCKS_KEPT:
-            del self._blocks[next(iter(self._blocks))]
+        stored = _recent(self._blocks, (slot.path, slot.block), lambda: self._read_block(slot),
+                         _BLOCKS_KEPT)
         if isinstance(stored, str):
             raise CorruptEntry(stored)
         return stored.record(slot.row)
@@ -198,19 +188,10 @@ class TaskCache:
     def _read_block(self, slot: PackSlot) -> StoredBlock | str:
         """A block of a pack file, or why it is corrupt (OSError if the file cannot be read).
         The last two pack files read stay in memory: their other blocks are usually next."""
-        opened = self._pack_bytes.pop(slot.path, None)
-        if opened is None:
-            blob = slot.path.read_bytes()
-            try:
-                header, base = parse_pack_header(blob)
-            except CorruptEntry as exc:
-                return str(exc)
-            opened = (blob, header, base)
-        self._pack_bytes[slot.path] = opened
-        if len(self._pack_bytes) > 2:
-            del self._pack_bytes[next(iter(self._pack_bytes))]
         try:
-            return read_block(*opened, slot.block)
+            blob, header, base = _recent(self._pack_bytes, slot.path,
+                                         lambda: _read_pack(slot.path), 2)
+            return read_block(blob, header, base, slot.block)
         except CorruptEntry as exc:
             return str(exc)
 
@@ -411,6 +392,24 @@ class TaskCache:
 
 
 _SHARED: dict[tuple[str, str], TaskCache | bool] = {}
+
+
+def _read_pack(path: Path) -> tuple[bytes, dict[str, Any], int]:
+    """A pack file's bytes, header, and where its bodies begin."""
+    blob = path.read_bytes()
+    return (blob, *parse_pack_header(blob))
+
+
+def _recent(memo: dict[Any, Any], key: Any, make: Callable[[], Any], limit: int) -> Any:
+    """``memo[key]``, made by ``make()`` if missing (nothing kept if it raises), now the most
+    recently used; the least recently used beyond ``limit`` are dropped."""
+    value = memo.pop(key, None)
+    if value is None:
+        value = make()
+    memo[key] = value
+    while len(memo) > limit:
+        del memo[next(iter(memo))]
+    return value
 
 
 #: pack blocks a TaskCache keeps read and checked (a resume reads each block's rows in turn;

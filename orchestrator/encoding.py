@@ -465,7 +465,7 @@ def _decode_record(payload: bytes) -> Record:
     return Record(attrs, variables, arrays)
 
 
-def result_columns(results: Sequence[Encoded]) -> list[np.ndarray]:
+def result_columns(results: Sequence[Encoded | Record]) -> list[np.ndarray]:
     """The arrays of results of one structure stacked, per variable, along a new first axis:
     a batch of results travels from a worker to the client this way, and with their structure
     and attributes :func:`records_from_columns` gives their records back."""

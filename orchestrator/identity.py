@@ -26,10 +26,7 @@ class CachedIdentity(BaseModel):
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False
                    ) -> Any:
-        copied = super().model_copy(update=update, deep=deep)
-        for name in _cached_names(type(self)):
-            copied.__dict__.pop(name, None)
-        return copied
+        return _without_identities(super().model_copy(update=update, deep=deep))
 
     def _replaced(self, **fields: Any) -> Any:
         """``model_copy(update=fields)`` for values already valid (not validated again): the
@@ -38,11 +35,8 @@ class CachedIdentity(BaseModel):
         unknown = fields.keys() - type(self).model_fields.keys()
         if unknown:
             raise ValueError(f"not fields of {type(self).__name__}: {sorted(unknown)}")
-        copied = self.__copy__()
-        state = copied.__dict__
-        for name in _cached_names(type(self)):
-            state.pop(name, None)
-        state.update(fields)
+        copied = _without_identities(self.__copy__())
+        copied.__dict__.update(fields)
         object.__setattr__(copied, "__pydantic_fields_set__",
                            copied.__pydantic_fields_set__ | fields.keys())
         return copied
@@ -54,6 +48,13 @@ class CachedIdentity(BaseModel):
         if not cached.isdisjoint(fields):
             state = {**state, "__dict__": {k: v for k, v in fields.items() if k not in cached}}
         return state
+
+
+def _without_identities(copied: Any) -> Any:
+    """A fresh copy with the cached identities it took over from its original dropped."""
+    for name in _cached_names(type(copied)):
+        copied.__dict__.pop(name, None)
+    return copied
 
 
 @cache

@@ -51,8 +51,8 @@ from .encoding import (
     _layout,
     _own_variables,
     _row_record,
-    _stacked,
     decode_record,
+    result_columns,
 )
 
 PACK_MAGIC = b"QDPACK2\n"
@@ -206,6 +206,19 @@ def read_pack_header(path: Path) -> tuple[dict[str, Any], int]:
         return parse_pack_header(fh.read(len(PACK_MAGIC)) + fh.readline())
 
 
+def header_line(blob: bytes, start: int) -> tuple[Any, int]:
+    """The JSON on the line of ``blob`` that begins at ``start`` (the header of a cache entry
+    or a pack, after its magic) and where the next line begins (CorruptEntry if the line is
+    cut short or not JSON)."""
+    end = blob.find(b"\n", start)
+    if end < 0:
+        raise CorruptEntry("truncated header")
+    try:
+        return json.loads(blob[start:end]), end + 1
+    except (ValueError, RecursionError):
+        raise CorruptEntry("unreadable header") from None
+
+
 def parse_pack_header(blob: bytes) -> tuple[dict[str, Any], int]:
     """The header of a pack file's bytes (all of them, or its first line at least)."""
     magic = blob[:len(PACK_MAGIC)]
@@ -213,18 +226,15 @@ def parse_pack_header(blob: bytes) -> tuple[dict[str, Any], int]:
         if magic.startswith(PACK_FAMILY):
             raise OtherFormat(f"pack version {magic.strip().decode(errors='replace')}")
         raise CorruptEntry("bad magic")
-    end = blob.find(b"\n", len(PACK_MAGIC))
-    if end < 0:
-        raise CorruptEntry("truncated header")
+    header, base = header_line(blob, len(PACK_MAGIC))
     try:
-        header = json.loads(blob[len(PACK_MAGIC):end])
         if header["format"] != FORMAT:
             raise OtherFormat(f"format {header['format']!r}")
         if not isinstance(header["blocks"], list):
             raise TypeError("blocks")
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except (KeyError, TypeError):
         raise CorruptEntry("unreadable header") from None
-    return header, end + 1
+    return header, base
 
 
 def pack_entries(path: Path) -> list[tuple[str, PackSlot]]:
@@ -346,8 +356,7 @@ def blocks_of_payloads(items: Sequence[tuple[str, bytes, Mapping[str, Any] | Non
         names = list(dict.fromkeys(name for _, _, meta in rows for name in meta))
         blocks.append(Block(structure, [key for key, _, _ in rows],
                             [record.attrs for _, record, _ in rows],
-                            [_stacked(column) for column in zip(
-                                *(record.arrays for _, record, _ in rows), strict=True)],
+                            result_columns([record for _, record, _ in rows]),
                             {name: [meta.get(name) for _, _, meta in rows] for name in names}))
     return blocks
 
