@@ -22,7 +22,7 @@ from .progress import SweepProgress
 from .registry import default_registry, get_backend
 from .stack import load_stack
 from .study import Study, load_study
-from .tasks import Task, TaskResult, key_from_prefix, run_task
+from .tasks import TASK_ATTRS, Task, TaskResult, key_from_prefix, run_task
 
 Executor = Callable[[Sequence[Task], Study], list[TaskResult]]
 SPECIAL_AXES = ("stack", "backend")
@@ -271,6 +271,7 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
             parts = [d if d is not None else _placeholder(template) for d in datasets]
             data = xr.concat(parts, dim="point", join="outer", combine_attrs="drop_conflicts",
                              coords="minimal", compat="override", data_vars="all")
+    _restore_task_attrs(data.attrs, tasks, records)
     # A point's status is its outcome (ok | failed): whether it came from the cache is run
     # history (the 'run' attribute), so a resumed run gives the same dataset as a fresh one.
     status = np.array(["ok" if r.status == "cached" else r.status for r in results])
@@ -286,6 +287,21 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
         else:
             data = data.set_index(point=axes).unstack("point")
     return data
+
+
+def _restore_task_attrs(attrs: dict[str, Any], tasks: list[Task],
+                        records: list[Record | None]) -> None:
+    """The combined results' ``stack`` attribute, which workers do not send (``TASK_ATTRS``):
+    kept, as every other attribute, only if all points agree on it, that is on ``stack_hash``
+    (the hash of it); then it is the stack of any point that has a result."""
+    for name in TASK_ATTRS:
+        attrs.pop(name, None)  # results that carry it all the same (decoded datasets, old packs)
+    digest = attrs.get("stack_hash")
+    if digest is None:
+        return
+    stack = next(task.stack for task, rec in zip(tasks, records, strict=True) if rec is not None)
+    if stack.content_hash == digest:
+        attrs["stack"] = stack.canonical_json
 
 
 def _axis_values(study: Study, name: str, tasks: list[Task]) -> np.ndarray:

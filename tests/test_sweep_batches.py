@@ -38,7 +38,7 @@ from qdcavity.encoding import (
 from qdcavity.runner import _stack_fast, expand, task_keys
 from qdcavity.stack import Stack, load_stack
 from qdcavity.study import Study
-from qdcavity.tasks import Task, TaskResult, run_task
+from qdcavity.tasks import TASK_ATTRS, Task, TaskResult, run_task
 
 
 def sweep_tasks(n_izo: int, n_qd: int) -> list[Task]:
@@ -54,6 +54,15 @@ def odd_dataset() -> xr.Dataset:
                       coords={"x": [0.5, 1.5]},
                       attrs={"text": "a\ud800b", "n": np.int32(3), "t": (1, 2.5, "z"),
                              "m": {"k": np.float32(1.5)}, 7: "int key"})
+
+
+def as_sent(ds: xr.Dataset) -> Record:
+    """The record of ``ds`` as a worker sends and stores it: without the attributes the task
+    fixes (``TASK_ATTRS``)."""
+    ds = ds.copy()
+    for name in TASK_ATTRS:
+        ds.attrs.pop(name, None)
+    return decode_record(encode_dataset(ds))
 
 
 def same_record(a: Record, b: Record) -> bool:
@@ -106,11 +115,12 @@ def test_run_batch_writes_every_result_and_hands_records_over(tmp_path: Path) ->
     reader = TaskCache(tmp_path)
     alone = [run_task(t).dataset for t in tasks]
     for key, item, ds in zip(keys, items, alone, strict=True):
-        assert same_record(item["record"], decode_record(encode_dataset(ds)))
+        assert "stack" in ds.attrs and "stack_hash" in item["record"].attrs
+        assert same_record(item["record"], as_sent(ds))
         assert same_record(reader.get_record(key), item["record"])  # the pack holds the same
     plain = with_records(run_batch(tasks[:3]))  # no cache: nothing written
     assert [b["written"] for b in plain["blocks"]] == [False]
-    assert all(same_record(it["record"], decode_record(encode_dataset(ds)))
+    assert all(same_record(it["record"], as_sent(ds))
                for it, ds in zip(plain["results"], alone[:3], strict=True))
     # a cache this process cannot see (the client writes the blocks it gets)
     unseen = with_records(run_batch(tasks[:3], keys[:3], (str(tmp_path / "gone"), "x", 60.0)))
@@ -210,7 +220,7 @@ def test_packed_batches_keep_mixed_structures_and_own_attributes(
     monkeypatch.setattr(batches, "run_task", run_task)
     out = unpack_batch(run_batch_packed(pack_batch(tasks)))
     for item, task in zip(out["results"], tasks, strict=True):
-        assert same_record(item["record"], decode_record(encode_dataset(run_task(task).dataset)))
+        assert same_record(item["record"], as_sent(run_task(task).dataset))
     odd = [it["record"] for it in out["results"][1::2]]
     odd[0].attrs["t"].append("x")
     odd[0].variables[0]["attrs"]["arr"][0] = 99

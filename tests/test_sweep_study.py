@@ -194,6 +194,28 @@ def test_fast_combine_equals_xarray_concat(tmp_path: Path, monkeypatch: pytest.M
         {k: v for k, v in slow.attrs.items() if k not in drop}
 
 
+
+def test_stack_attribute_kept_when_every_point_shares_the_stack(tmp_path: Path) -> None:
+    """Workers neither send nor store a result's ``stack`` (its task fixes it, the key hashes
+    it); the combined dataset has it exactly when all points agree, as xarray keeps attributes,
+    fresh and from the cache alike."""
+    stack = load_stack("TE-DIZO")
+    shared = make_study({"reflectance.angle_deg": [0.0, 30.0]})
+    varied = make_study({"IZO_top.thickness_nm": [90.0, 100.0]})
+    for study, kept in ((shared, True), (varied, False)):
+        fresh, rep = run(study, tmp_path)
+        again, rep2 = run(study, tmp_path)
+        assert rep.n_computed == 2 and rep2.n_cached == 2
+        for ds in (fresh, again):
+            assert ("stack" in ds.attrs) is kept and ("stack_hash" in ds.attrs) is kept
+            if kept:
+                assert ds.attrs["stack"] == stack.canonical_json
+                assert ds.attrs["stack_hash"] == stack.content_hash
+        one = run(make_study({}), tmp_path)[0]  # a single point
+        assert one.attrs["stack"] == stack.canonical_json
+    packs = list((tmp_path / "cache").rglob("*.qdp*")) + list((tmp_path / "cache").rglob("*.qdc"))
+    assert packs and not any(b'"emitter_layer"' in p.read_bytes() for p in packs)
+
 # ------------------------------------------------------------------------- bad input
 
 def write_study(tmp_path: Path, sweep: str) -> Path:
