@@ -27,7 +27,7 @@ from .encoding import (
     result_columns,
 )
 from .packs import Block
-from .tasks import TASK_ATTRS, Task, run_task
+from .tasks import STACK_ATTR, Task, run_task
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -188,8 +188,7 @@ class _BatchRun:
             except CacheError:
                 self.out[j]["dataset"] = ds  # sent as it is; the client decides what to do
                 continue
-            for name in TASK_ATTRS:  # the client has the task
-                enc.attrs.pop(name, None)
+            enc.attrs.pop(STACK_ATTR, None)  # the client has the task
             rows, results = self.encoded.setdefault(enc.structure, ([], []))
             rows.append(j)
             results.append(enc)

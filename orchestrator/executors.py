@@ -13,7 +13,7 @@ The driver (:func:`execute`) is the same for every executor:
   cancelled future) is resubmitted up to ``retries`` times, then its tasks fail with the reason;
 * batch size: fixed (``batch_size``) or automatic: one task per batch until the first timings
   arrive, then as many tasks as fit in ``target_batch_s`` of solver time (small TMM tasks are
-  grouped by the hundred; a Meep task that takes seconds runs alone), never so large that a
+  grouped by the hundreds; a Meep task that takes seconds runs alone), never so large that a
   worker would be left idle at the end.
 
 Workers run :func:`qdcavity.batches.run_batch`, which writes each result to the cache itself

@@ -22,7 +22,7 @@ from .progress import SweepProgress
 from .registry import default_registry, get_backend
 from .stack import load_stack
 from .study import Study, load_study
-from .tasks import TASK_ATTRS, Task, TaskResult, key_from_prefix, run_task
+from .tasks import STACK_ATTR, Task, TaskResult, key_from_prefix, run_task
 
 Executor = Callable[[Sequence[Task], Study], list[TaskResult]]
 SPECIAL_AXES = ("stack", "backend")
@@ -271,7 +271,7 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
             parts = [d if d is not None else _placeholder(template) for d in datasets]
             data = xr.concat(parts, dim="point", join="outer", combine_attrs="drop_conflicts",
                              coords="minimal", compat="override", data_vars="all")
-    _restore_task_attrs(data.attrs, tasks, records)
+    data.attrs = restore_stack_attr(data.attrs, tasks, records)
     # A point's status is its outcome (ok | failed): whether it came from the cache is run
     # history (the 'run' attribute), so a resumed run gives the same dataset as a fresh one.
     status = np.array(["ok" if r.status == "cached" else r.status for r in results])
@@ -289,19 +289,25 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
     return data
 
 
-def _restore_task_attrs(attrs: dict[str, Any], tasks: list[Task],
-                        records: list[Record | None]) -> None:
-    """The combined results' ``stack`` attribute, which workers do not send (``TASK_ATTRS``):
-    kept, as every other attribute, only if all points agree on it, that is on ``stack_hash``
-    (the hash of it); then it is the stack of any point that has a result."""
-    for name in TASK_ATTRS:
-        attrs.pop(name, None)  # results that carry it all the same (decoded datasets, old packs)
+def restore_stack_attr(attrs: dict[str, Any], tasks: list[Task],
+                       records: list[Record | None]) -> dict[str, Any]:
+    """The combined results' attributes with ``stack``, which workers do not send
+    (``STACK_ATTR``), as xarray would have kept it: only if all points with a result agree on
+    it, that is on ``stack_hash`` (its hash); then it is the stack of any such point, placed
+    right after ``stack_hash`` as :func:`qdcavity.api.solve` places it."""
+    attrs = {k: v for k, v in attrs.items() if k != STACK_ATTR}  # old packs still hold it
     digest = attrs.get("stack_hash")
     if digest is None:
-        return
+        return attrs
     stack = next(task.stack for task, rec in zip(tasks, records, strict=True) if rec is not None)
-    if stack.content_hash == digest:
-        attrs["stack"] = stack.canonical_json
+    if stack.content_hash != digest:
+        return attrs
+    out = {}
+    for key, value in attrs.items():
+        out[key] = value
+        if key == "stack_hash":
+            out[STACK_ATTR] = stack.canonical_json
+    return out
 
 
 def _axis_values(study: Study, name: str, tasks: list[Task]) -> np.ndarray:

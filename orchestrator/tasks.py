@@ -25,11 +25,11 @@ from .stack import Stack
 # Options that steer where or how a backend runs but never change its answer.
 NON_RESULT_OPTIONS = frozenset({"work_dir", "dry_run", "timeout_s", "interpreter", "launcher"})
 
-#: Result attributes the task itself fixes: ``stack``, the canonical JSON of the task's stack
-#: that :func:`qdcavity.api.solve` records (the task's key is a hash of it). A sweep's workers
-#: neither send nor store them: 1.7 of a TE-DIZO reflectance result's 2.1 kB. The combine
-#: puts ``stack`` back when every point has the same stack (:mod:`qdcavity.runner`).
-TASK_ATTRS = ("stack",)
+#: The result attribute that the task itself fixes: the canonical JSON of the task's stack, which
+#: :func:`qdcavity.api.solve` records (the task's key is a hash of it). A sweep's workers
+#: neither send nor store it: 1.7 of a TE-DIZO reflectance result's 2.1 kB. The combine puts it
+#: back where all points agree on ``stack_hash`` (:func:`qdcavity.runner.restore_stack_attr`).
+STACK_ATTR = "stack"
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,33 @@ def test_stack_attribute_kept_when_every_point_shares_the_stack(tmp_path: Path) 
         assert one.attrs["stack"] == stack.canonical_json
     packs = list((tmp_path / "cache").rglob("*.qdp*")) + list((tmp_path / "cache").rglob("*.qdc"))
     assert packs and not any(b'"emitter_layer"' in p.read_bytes() for p in packs)
+    # attributes in the order solve() gives them
+    assert list(fresh.attrs)[:3] == list(solve(stack, "reflectance", wavelength_nm=WL).attrs)[:3]
+
+
+def test_stack_attribute_from_points_with_a_result_and_old_cache_entries(tmp_path: Path
+                                                                         ) -> None:
+    """A failed point does not count (its stack differs: the one with a result is kept); an
+    entry cached with its ``stack`` (as before workers stopped storing it) does not make a
+    varied sweep keep the stack of that one point."""
+    study = make_study({"IZO_top.thickness_nm": [100.0, 120.0],
+                        "reflectance.incidence": ["substrate", "superstrate"]}, mode="zip")
+    ds, rep = run(study, tmp_path)
+    assert rep.n_failed == 1 and list(ds.status.values) == ["failed", "ok"]
+    kept = load_stack("TE-DIZO").with_overrides({"IZO_top.thickness_nm": 120.0})
+    assert ds.attrs["stack"] == kept.canonical_json
+    assert ds.attrs["stack_hash"] == kept.content_hash
+
+    varied = make_study({"IZO_top.thickness_nm": [90.0, 100.0, 110.0]})
+    tasks = runner.expand(varied)
+    old = solve(tasks[0].stack, "reflectance", wavelength_nm=WL)
+    assert "stack" in old.attrs
+    cache = TaskCache(tmp_path / "old")
+    cache.put(runner.task_keys(tasks[:1])[0], old)  # an entry as the earlier code wrote it
+    assert cache.get_record(runner.task_keys(tasks[:1])[0]).attrs["stack"]
+    mixed, rep2 = execute_study(varied, cache_dir=tmp_path / "old")
+    assert rep2.n_cached == 1 and rep2.n_computed == 2
+    assert "stack" not in mixed.attrs and "stack_hash" not in mixed.attrs
 
 # ------------------------------------------------------------------------- bad input
 
