@@ -60,7 +60,7 @@ def as_sent(ds: xr.Dataset) -> Record:
     """The record of ``ds`` as a worker sends and stores it: without the attributes the task
     fixes (``STACK_ATTR``)."""
     ds = ds.copy()
-    ds.attrs.pop(STACK_ATTR)
+    ds.attrs.pop(STACK_ATTR, None)
     return decode_record(encode_dataset(ds))
 
 
