@@ -272,6 +272,7 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
             data = xr.concat(parts, dim="point", join="outer", combine_attrs="drop_conflicts",
                              coords="minimal", compat="override", data_vars="all")
     data.attrs = restore_stack_attr(data.attrs, tasks, records)
+    data = _own_parameter_values(data, study, tasks)
     # A point's status is its outcome (ok | failed): whether it came from the cache is run
     # history (the 'run' attribute), so a resumed run gives the same dataset as a fresh one.
     status = np.array(["ok" if r.status == "cached" else r.status for r in results])
@@ -308,6 +309,27 @@ def restore_stack_attr(attrs: dict[str, Any], tasks: list[Task],
         if key == "stack_hash":
             out[STACK_ATTR] = stack.canonical_json
     return out
+
+
+def _own_parameter_values(data: xr.Dataset, study: Study, tasks: list[Task]) -> xr.Dataset:
+    """For a swept analysis parameter that is also a dimension of the results (the axis
+    ``reflectance.angle_deg``, the dimension ``angle_deg``): each point's values at its own
+    parameter value, the dimension dropped (the axis holds it), instead of the outer product
+    of every point with every value, NaN but on its diagonal. Values no point with a result
+    has (a value at which every point failed) are added as missing first."""
+    label = tasks[0].analysis_name
+    for axis in study.sweep.axes:
+        head, _, param = axis.partition(".")
+        if head != label or param not in data.dims or "point" not in data.dims:
+            continue
+        values = _axis_values(study, axis, tasks)
+        if values.ndim != 1 or values.dtype.kind not in "biufU":
+            continue  # e.g. a range given as a table per point
+        missing = np.setdiff1d(values, data[param].values)
+        if missing.size:
+            data = data.reindex({param: np.concatenate([data[param].values, missing])})
+        data = data.sel({param: xr.DataArray(values, dims="point")}).drop_vars(param)
+    return data
 
 
 def _axis_values(study: Study, name: str, tasks: list[Task]) -> np.ndarray:

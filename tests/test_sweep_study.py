@@ -243,6 +243,46 @@ def test_stack_attribute_from_points_with_a_result_and_old_cache_entries(tmp_pat
     assert rep2.n_cached == 1 and rep2.n_computed == 2
     assert "stack" not in mixed.attrs and "stack_hash" not in mixed.attrs
 
+
+def test_swept_analysis_parameter_that_is_a_result_dimension(tmp_path: Path) -> None:
+    """Sweeping ``reflectance.angle_deg``: each point's values at its own angle, the result's
+    ``angle_deg`` dimension dropped (the axis holds it), alone, next to another analysis (whose
+    prefixed dimension would collide with the axis) and when every point at one angle failed."""
+    angles = [0.0, 30.0]
+    alone = run(make_study({"reflectance.angle_deg": angles}), tmp_path)[0]
+    assert alone.R.dims == ("reflectance.angle_deg", "wavelength_nm", "polarization")
+    for angle in angles:
+        direct = solve("TE-DIZO", "reflectance", wavelength_nm=WL, angle_deg=angle)
+        np.testing.assert_array_equal(alone.R.sel({"reflectance.angle_deg": angle}).values,
+                                      direct.R.isel(angle_deg=0).values)
+    both = Study(stack="TE-DIZO", analyses=[
+        {"kind": "reflectance", "wavelength_nm": WL}, {"kind": "modes", "wavelength_nm": 630}],
+        sweep={"axes": {"reflectance.angle_deg": angles, "QD.thickness_nm": [25.0, 35.0]}},
+        executor={"kind": "inprocess"})
+    ds, rep = run(both, tmp_path)
+    assert rep.n_failed == 0 and "reflectance.angle_deg" in ds.dims
+    assert set(ds["reflectance.R"].dims) == {"reflectance.angle_deg", "QD.thickness_nm",
+                                             "reflectance.wavelength_nm",
+                                             "reflectance.polarization"}
+    thin = load_stack("TE-DIZO").with_overrides({"QD.thickness_nm": 25.0})
+    for angle in angles:
+        direct = solve(thin, "reflectance", wavelength_nm=WL, angle_deg=angle)
+        picked = ds["reflectance.R"].sel({"reflectance.angle_deg": angle,
+                                          "QD.thickness_nm": 25.0})
+        np.testing.assert_array_equal(
+            picked.transpose("reflectance.wavelength_nm", "reflectance.polarization").values,
+            direct.R.isel(angle_deg=0).values)
+    neff = ds["modes.neff"]  # the modes do not depend on the angle
+    np.testing.assert_array_equal(neff.isel({"reflectance.angle_deg": 0}).values,
+                                  neff.isel({"reflectance.angle_deg": 1}).values)
+    # every point at 30 degrees failed (incidence from the absorbing substrate)
+    failed = run(make_study({"reflectance.angle_deg": angles,
+                             "reflectance.incidence": ["superstrate", "substrate"]},
+                            mode="zip"), tmp_path)[0]
+    assert list(failed.status.values) == ["ok", "failed"]
+    assert failed.R.dims == ("point", "wavelength_nm", "polarization")
+    assert np.isnan(failed.R.isel(point=1)).all() and not np.isnan(failed.R.isel(point=0)).any()
+
 # ------------------------------------------------------------------------- bad input
 
 def write_study(tmp_path: Path, sweep: str) -> Path:
