@@ -244,7 +244,9 @@ def _plain(x: Any) -> Any:
 def _tolerance_da(declared: Mapping[str, float], var: str, like: xr.DataArray,
                   view: xr.Dataset) -> xr.DataArray:
     name = var if var in declared else TOLERANCE_ALIASES.get(var, var)
-    lam = like["wavelength_nm"] if "wavelength_nm" in like.coords else 630.0
+    swept = [c for c in like.coords if str(c).endswith(".wavelength_nm")]  # the sweep's axis
+    lam = like["wavelength_nm"] if "wavelength_nm" in like.coords else \
+        like[swept[0]] if len(swept) == 1 else 630.0
     if "material_gain_cm" in like.coords:
         gain: Any = like["material_gain_cm"]
     elif "material_gain_cm" in view:

@@ -257,6 +257,11 @@ def _is_nan(value: Any) -> bool:
 def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Dataset:
     axes = list(study.sweep.axes)
     records = [_as_record(r.dataset) for r in results]
+    squeezed = _own_parameter_values(study, tasks, records)
+    if squeezed is not None:
+        records = squeezed
+        results = [TaskResult(r.index, r.status, dataset=rec, error=r.error)
+                   for r, rec in zip(results, records, strict=True)]
     ok = [r for r in records if r is not None]
     data = None
     if not ok:
@@ -272,7 +277,6 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
             data = xr.concat(parts, dim="point", join="outer", combine_attrs="drop_conflicts",
                              coords="minimal", compat="override", data_vars="all")
     data.attrs = restore_stack_attr(data.attrs, tasks, records)
-    data = _own_parameter_values(data, study, tasks)
     # A point's status is its outcome (ok | failed): whether it came from the cache is run
     # history (the 'run' attribute), so a resumed run gives the same dataset as a fresh one.
     status = np.array(["ok" if r.status == "cached" else r.status for r in results])
@@ -311,25 +315,53 @@ def restore_stack_attr(attrs: dict[str, Any], tasks: list[Task],
     return out
 
 
-def _own_parameter_values(data: xr.Dataset, study: Study, tasks: list[Task]) -> xr.Dataset:
-    """For a swept analysis parameter that is also a dimension of the results (the axis
-    ``reflectance.angle_deg``, the dimension ``angle_deg``): each point's values at its own
-    parameter value, the dimension dropped (the axis holds it), instead of the outer product
-    of every point with every value, NaN but on its diagonal. Values no point with a result
-    has (a value at which every point failed) are added as missing first."""
-    label = tasks[0].analysis_name
+def _own_parameter_values(study: Study, tasks: list[Task], records: list[Record | None]
+                          ) -> list[Record | None] | None:
+    """For a swept analysis parameter that each result holds as a one-value dimension of its
+    own, at the point's value (the axis ``reflectance.angle_deg``, the coordinate ``angle_deg``
+    = [the point's angle] in every result): the records without that dimension, which the
+    axis then holds; else None. Stacked as they came, the points would make an outer product,
+    NaN off its diagonal. A parameter that is not that dimension's only value (outcoupling's
+    nominal ``material_gain_cm`` against its gain scan) is left alone."""
+    label, changed = tasks[0].analysis_name, False
     for axis in study.sweep.axes:
         head, _, param = axis.partition(".")
-        if head != label or param not in data.dims or "point" not in data.dims:
+        if head != label:
             continue
-        values = _axis_values(study, axis, tasks)
-        if values.ndim != 1 or values.dtype.kind not in "biufU":
-            continue  # e.g. a range given as a table per point
-        missing = np.setdiff1d(values, data[param].values)
-        if missing.size:
-            data = data.reindex({param: np.concatenate([data[param].values, missing])})
-        data = data.sel({param: xr.DataArray(values, dims="point")}).drop_vars(param)
-    return data
+        owned = [(rec, task.point[axis]) for rec, task in zip(records, tasks, strict=True)
+                 if rec is not None]
+        if owned and all(isinstance(value, str | int | float) and
+                         _only_value(rec, param) == value for rec, value in owned):
+            records = [None if rec is None else _without_dim(rec, param) for rec in records]
+            changed = True
+    return records if changed else None
+
+
+_NO_VALUE = object()
+
+
+def _only_value(rec: Record, name: str) -> Any:
+    """The value of a record's one-value dimension coordinate ``name`` (else a sentinel)."""
+    for var, arr in zip(rec.variables, rec.arrays, strict=True):
+        if var["name"] == name and var["coord"] and list(var["dims"]) == [name]:
+            return arr[0] if arr.shape == (1,) else _NO_VALUE
+    return _NO_VALUE
+
+
+def _without_dim(rec: Record, name: str) -> Record:
+    """The record with its one-value dimension ``name`` and that coordinate taken out."""
+    variables, arrays = [], []
+    for var, arr in zip(rec.variables, rec.arrays, strict=True):
+        if var["name"] == name:
+            continue
+        dims = list(var["dims"])
+        if name in dims:
+            arr = np.take(arr, 0, axis=dims.index(name))
+            dims.remove(name)
+            var = {**var, "dims": dims}
+        variables.append(var)
+        arrays.append(arr)
+    return Record(rec.attrs, variables, arrays)
 
 
 def _axis_values(study: Study, name: str, tasks: list[Task]) -> np.ndarray:

@@ -237,3 +237,21 @@ def test_per_backend_options() -> None:
     assert parse_backends(" tmm , meep ") == ["tmm", "meep"]
     with pytest.raises(ConfigError, match="empty backend name"):
         parse_backends("tmm,,meep")
+
+
+def test_tolerances_follow_a_swept_wavelength() -> None:
+    """A single analysis sweeping its wavelength keeps it as the axis ``modes.wavelength_nm``
+    (no ``wavelength_nm`` coordinate): wavelength-dependent tolerances are taken there."""
+    from qdcavity.compare import compare_results
+    from qdcavity.runner import execute_study
+    from qdcavity.study import Study
+
+    study = Study(stack="TE-DIZO", executor={"kind": "inprocess"},
+                  analyses=[{"kind": "modes", "wavelength_nm": 630, "fields": False,
+                             "max_modes": 3}],
+                  sweep={"axes": {"modes.wavelength_nm": [450, 900]}})
+    ds, _ = execute_study(study, use_cache=False)
+    assert "wavelength_nm" not in ds.coords
+    tol = compare_results(study, {"tmm": ds, "meep": ds}).dataset["modes.alpha_cm.tolerance"]
+    per_wavelength = tol.sel(backend="meep").isel(label=0, polarization=0).values
+    assert per_wavelength[0] != per_wavelength[1]

@@ -282,6 +282,27 @@ def test_swept_analysis_parameter_that_is_a_result_dimension(tmp_path: Path) -> 
     assert list(failed.status.values) == ["ok", "failed"]
     assert failed.R.dims == ("point", "wavelength_nm", "polarization")
     assert np.isnan(failed.R.isel(point=1)).all() and not np.isnan(failed.R.isel(point=0)).any()
+    modes = run(Study(stack="TE-DIZO", analyses=[{"kind": "modes", "wavelength_nm": 630}],
+                      sweep={"axes": {"modes.wavelength_nm": [620.0, 640.0]}},
+                      executor={"kind": "inprocess"}), tmp_path)[0]
+    assert modes.neff.dims == ("modes.wavelength_nm", "polarization", "mode")
+    assert modes.n_modes.dtype.kind == "i" and modes.label.dtype.kind == "U"  # as solved
+
+
+def test_swept_parameter_that_is_not_the_dimension_of_its_name(tmp_path: Path) -> None:
+    """Outcoupling's ``material_gain_cm`` parameter is the nominal gain; its results'
+    ``material_gain_cm`` dimension is the gain scan: swept, the scan stays whole."""
+    scan = [0.0, 700.0, 1400.0]
+    outcoupling = {"kind": "outcoupling", "wavelength_nm": 630, "alpha_sca_cm": 10.0,
+                   "gain_scan_cm": scan, "stripe_length_um": [0, 100, 1000],
+                   "angle_points": 5, "positions": 1}
+    study = Study(stack="TE-DIZO", analyses=[outcoupling], executor={"kind": "inprocess"},
+                  sweep={"axes": {"outcoupling.material_gain_cm": [690.0, 700.0]}})
+    ds, rep = run(study, tmp_path)
+    assert rep.n_failed == 0
+    assert list(ds.material_gain_cm.values) == scan
+    assert "material_gain_cm" in ds.lateral_output.dims
+    assert not np.isnan(ds.lateral_output).any()
 
 # ------------------------------------------------------------------------- bad input
 
