@@ -330,8 +330,8 @@ def _own_parameter_values(study: Study, tasks: list[Task], records: list[Record 
             continue
         owned = [(rec, task.point[axis]) for rec, task in zip(records, tasks, strict=True)
                  if rec is not None]
-        if owned and all(isinstance(value, str | int | float) and
-                         _only_value(rec, param) == value for rec, value in owned):
+        if owned and all(np.isscalar(value) and _only_value(rec, param) == value
+                         for rec, value in owned):
             records = [None if rec is None else _without_dim(rec, param) for rec in records]
             changed = True
     return records if changed else None
@@ -341,11 +341,17 @@ _NO_VALUE = object()
 
 
 def _only_value(rec: Record, name: str) -> Any:
-    """The value of a record's one-value dimension coordinate ``name`` (else a sentinel)."""
+    """The value of a record's one-value dimension coordinate ``name``, if no other coordinate
+    depends on that dimension (else a sentinel)."""
+    value = _NO_VALUE
     for var, arr in zip(rec.variables, rec.arrays, strict=True):
         if var["name"] == name and var["coord"] and list(var["dims"]) == [name]:
-            return arr[0] if arr.shape == (1,) else _NO_VALUE
-    return _NO_VALUE
+            if arr.shape != (1,):
+                return _NO_VALUE
+            value = arr[0]
+        elif var["coord"] and name in var["dims"]:
+            return _NO_VALUE  # e.g. sin_theta(angle_deg): it would have to become per point
+    return value
 
 
 def _without_dim(rec: Record, name: str) -> Record:
@@ -387,7 +393,7 @@ def combine(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Da
         axes = {*study.sweep.axes, "point"}  # shared by every analysis
         renamed = []
         for name, part in parts.items():
-            mapping = {v: f"{name}.{v}" for v in [*part.variables, *part.dims]
+            mapping = {v: _prefixed(name, v, axes) for v in [*part.variables, *part.dims]
                        if v not in axes}
             renamed.append(part.rename(mapping).drop_attrs())
         ds = xr.merge(renamed, combine_attrs="drop", compat="no_conflicts", join="outer")
@@ -407,6 +413,14 @@ def combine(study: Study, tasks: list[Task], results: list[TaskResult]) -> xr.Da
         "n_failed": int(sum(r.status == "failed" for r in results)),
     })
     return ds
+
+
+def _prefixed(analysis: str, name: Any, axes: set[str]) -> str:
+    """``<analysis>.<name>``, or ``<analysis>.<name>_result`` where that is a sweep axis: a swept
+    parameter whose results have a dimension or variable of the same name that holds something
+    else (outcoupling's nominal ``material_gain_cm`` and its gain scan)."""
+    prefixed = f"{analysis}.{name}"
+    return f"{prefixed}_result" if prefixed in axes else prefixed
 
 
 def task_keys(tasks: Sequence[Task], keep_json: bool = False) -> list[str]:

@@ -23,7 +23,7 @@ from qdcavity.executors import BatchSizer, ExecConfig
 from qdcavity.plugins.tmm.backend import TmmBackend
 from qdcavity.progress import SweepProgress
 from qdcavity.registry import default_registry
-from qdcavity.results import read_netcdf
+from qdcavity.results import analysis_view, read_netcdf
 from qdcavity.runner import execute_study, run_study
 from qdcavity.stack import load_stack
 from qdcavity.study import Study, load_study
@@ -251,6 +251,9 @@ def test_swept_analysis_parameter_that_is_a_result_dimension(tmp_path: Path) -> 
     angles = [0.0, 30.0]
     alone = run(make_study({"reflectance.angle_deg": angles}), tmp_path)[0]
     assert alone.R.dims == ("reflectance.angle_deg", "wavelength_nm", "polarization")
+    numpy_values = run(make_study({"reflectance.angle_deg": list(np.arange(0, 60, 30))}),
+                       tmp_path)[0]  # numpy integers, as the Python API may pass them
+    assert numpy_values.R.dims == alone.R.dims
     for angle in angles:
         direct = solve("TE-DIZO", "reflectance", wavelength_nm=WL, angle_deg=angle)
         np.testing.assert_array_equal(alone.R.sel({"reflectance.angle_deg": angle}).values,
@@ -296,13 +299,27 @@ def test_swept_parameter_that_is_not_the_dimension_of_its_name(tmp_path: Path) -
     outcoupling = {"kind": "outcoupling", "wavelength_nm": 630, "alpha_sca_cm": 10.0,
                    "gain_scan_cm": scan, "stripe_length_um": [0, 100, 1000],
                    "angle_points": 5, "positions": 1}
-    study = Study(stack="TE-DIZO", analyses=[outcoupling], executor={"kind": "inprocess"},
-                  sweep={"axes": {"outcoupling.material_gain_cm": [690.0, 700.0]}})
-    ds, rep = run(study, tmp_path)
+    def study(*analyses: dict) -> Study:
+        return Study(stack="TE-DIZO", analyses=list(analyses), executor={"kind": "inprocess"},
+                     sweep={"axes": {"outcoupling.material_gain_cm": [690.0, 700.0]}})
+
+    ds, rep = run(study(outcoupling), tmp_path)
     assert rep.n_failed == 0
     assert list(ds.material_gain_cm.values) == scan
     assert "material_gain_cm" in ds.lateral_output.dims
     assert not np.isnan(ds.lateral_output).any()
+    single = run(study({**outcoupling, "gain_scan_cm": [0.0]}), tmp_path)[0]
+    assert list(single.material_gain_cm.values) == [0.0]  # one scan value, not the point's
+    # next to another analysis: the prefixed result dimension must not take the axis' name
+    multi, rep = run(study(outcoupling, {"kind": "reflectance", "wavelength_nm": WL}), tmp_path)
+    assert rep.n_failed == 0
+    assert list(multi["outcoupling.material_gain_cm_result"].values) == scan
+    assert list(multi["outcoupling.material_gain_cm"].values) == [690.0, 700.0]
+    view = analysis_view(multi, "outcoupling")  # the axis is material_gain_cm there
+    view = view.rename({"material_gain_cm": "outcoupling.material_gain_cm"}).rename(
+        {"material_gain_cm_result": "material_gain_cm"})
+    np.testing.assert_array_equal(
+        view.lateral_output.transpose(*ds.lateral_output.dims).values, ds.lateral_output.values)
 
 # ------------------------------------------------------------------------- bad input
 
