@@ -245,8 +245,12 @@ def _tolerance_da(declared: Mapping[str, float], var: str, like: xr.DataArray,
                   view: xr.Dataset) -> xr.DataArray:
     name = var if var in declared else TOLERANCE_ALIASES.get(var, var)
     swept = [c for c in like.coords if str(c).endswith(".wavelength_nm")]  # the sweep's axis
-    lam = like["wavelength_nm"] if "wavelength_nm" in like.coords else \
-        like[swept[0]] if len(swept) == 1 else 630.0
+    if "wavelength_nm" in like.coords:
+        lam: Any = like["wavelength_nm"]
+    elif len(swept) == 1:
+        lam = like[swept[0]]
+    else:
+        lam = 630.0
     if "material_gain_cm" in like.coords:
         gain: Any = like["material_gain_cm"]
     elif "material_gain_cm" in view:

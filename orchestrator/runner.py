@@ -258,10 +258,9 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
     axes = list(study.sweep.axes)
     records = [_as_record(r.dataset) for r in results]
     squeezed = _own_parameter_values(study, tasks, records)
+    sources: list[Any] = [r.dataset for r in results]  # what the slow path stacks
     if squeezed is not None:
-        records = squeezed
-        results = [TaskResult(r.index, r.status, dataset=rec, error=r.error)
-                   for r, rec in zip(results, records, strict=True)]
+        records = sources = squeezed
     ok = [r for r in records if r is not None]
     data = None
     if not ok:
@@ -271,7 +270,7 @@ def _combine_one(study: Study, tasks: list[Task], results: list[TaskResult]) -> 
     else:
         data = _stack_fast(records)
         if data is None:
-            datasets = [_as_dataset(r.dataset) for r in results]
+            datasets = [_as_dataset(x) for x in sources]
             template = next(d for d in datasets if d is not None)
             parts = [d if d is not None else _placeholder(template) for d in datasets]
             data = xr.concat(parts, dim="point", join="outer", combine_attrs="drop_conflicts",

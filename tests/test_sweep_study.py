@@ -180,18 +180,20 @@ def test_rerun_reuses_cache_and_recomputes_a_corrupt_entry(tmp_path: Path,
 
 def test_fast_combine_equals_xarray_concat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                            ) -> None:
-    study = make_study({"reflectance.incidence": ["superstrate", "substrate"],
-                        "QD.thickness_nm": [25.0, 35.0, 45.0]})
-    fast = run_study(study, use_cache=False)
+    studies = [make_study({"reflectance.incidence": ["superstrate", "substrate"],
+                           "QD.thickness_nm": [25.0, 35.0, 45.0]}),
+               make_study({"reflectance.angle_deg": [0.0, 30.0]})]  # records changed first
+    fast = [run_study(study, use_cache=False) for study in studies]
     monkeypatch.setattr(runner, "_stack_fast", lambda records: None)
-    slow = run_study(study, use_cache=False)
-    xr.testing.assert_identical(fast.drop_attrs(), slow.drop_attrs())
-    for name in fast.data_vars:
-        assert fast[name].attrs == slow[name].attrs
-        assert fast[name].dims == slow[name].dims
-    drop = {"run"}
-    assert {k: v for k, v in fast.attrs.items() if k not in drop} == \
-        {k: v for k, v in slow.attrs.items() if k not in drop}
+    for study, quick in zip(studies, fast, strict=True):
+        slow = run_study(study, use_cache=False)
+        xr.testing.assert_identical(quick.drop_attrs(), slow.drop_attrs())
+        for name in quick.data_vars:
+            assert quick[name].attrs == slow[name].attrs
+            assert quick[name].dims == slow[name].dims
+        drop = {"run"}
+        assert {k: v for k, v in quick.attrs.items() if k not in drop} == \
+            {k: v for k, v in slow.attrs.items() if k not in drop}
 
 
 
