@@ -223,20 +223,21 @@ class _KnownStructure:
     text: bytes
 
     def matches(self, parts: _Parts) -> bool:
-        """Same variable attributes, names and values all text, in the same order. Only text
-        is remembered and matched: other values compare equal across types (1 == 1.0 == True,
-        a one-element array == its item) that encode differently, and dicts compare equal
-        in any order."""
+        """Same variable attributes, in the same order, their values all text. Only text is
+        remembered and matched: other values compare equal across types (1 == 1.0 == True,
+        a one-element array == its item) that encode differently. (Loops, not ``all()``:
+        1.4 us per TMM result instead of 3.1.)"""
         if len(parts.attrs) != len(self.attrs):
             return False
-        for attrs, known in zip(parts.attrs, self.attrs, strict=True):  # loops: 2 us, all(): 5
-            if len(attrs) != len(known):
-                return False
-            for (name, value), (known_name, known_value) in zip(attrs.items(), known,
-                                                                strict=True):
-                if (type(name) is not str or type(value) is not str or name != known_name
-                        or value != known_value):
+        for attrs, known in zip(parts.attrs, self.attrs, strict=True):
+            if attrs:
+                for value in attrs.values():
+                    if type(value) is not str:
+                        return False
+                if tuple(attrs.items()) != known:
                     return False
+            elif known:
+                return False
         return True
 
 

@@ -117,9 +117,9 @@ def _resized(layer: Layer, thickness_nm: float) -> Layer:
     return found[1]
 
 
-#: id of a stack -> (that stack, kept so that its id stays its own; its layer names): what each
-#: sweep point's variant of it needs (see Stack._with_thicknesses)
-_VARIANT_BASES: dict[int, tuple[Any, frozenset[str]]] = {}
+#: id of a stack -> (that stack, kept so that its id stays its own; the position of each layer
+#: by name): what each sweep point's variant of it needs (see Stack._with_thicknesses)
+_VARIANT_BASES: dict[int, tuple[Any, dict[str, int]]] = {}
 
 
 class Stack(CachedIdentity):
@@ -227,23 +227,25 @@ class Stack(CachedIdentity):
         """The common sweep case, only ``<layer>.thickness_nm`` changed and valid: a new stack
         without re-validating what did not change (None: take the general path)."""
         base = _VARIANT_BASES.get(id(self))
-        names = base[1] if base is not None else frozenset(self.layer_names)
-        thickness: dict[str, float] = {}
+        positions = base[1] if base is not None else {
+            layer.name: i for i, layer in enumerate(self.layers)}
+        thickness: dict[int, float] = {}
         for key, value in overrides.items():
             head, _, attr = key.partition(".")
-            if attr != "thickness_nm" or head not in names:
+            if attr != "thickness_nm" or head not in positions:
                 return None
             try:
-                thickness[head] = Layer._thickness(value)
+                thickness[positions[head]] = Layer._thickness(value)
             except ValueError:
                 return None  # the general path reports it, naming the field
         if base is None:  # the fast path applies: remember what the variants share
             if len(_VARIANT_BASES) >= 256:
                 _VARIANT_BASES.clear()
-            _VARIANT_BASES[id(self)] = (self, names)
-        layers = tuple(_resized(la, thickness[la.name]) if la.name in thickness else la
-                       for la in self.layers)
-        return self._replaced(layers=layers)
+            _VARIANT_BASES[id(self)] = (self, positions)
+        layers = list(self.layers)
+        for i, thickness_nm in thickness.items():
+            layers[i] = _resized(layers[i], thickness_nm)
+        return self._replaced(layers=tuple(layers))
 
     def addressable_fields(self) -> list[str]:
         out = ["substrate.material", "superstrate.material", "gain_layer", "emitter_layer"]

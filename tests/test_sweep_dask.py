@@ -164,6 +164,44 @@ def test_retry_policy(monkeypatch: pytest.MonkeyPatch, losses: int, retries: int
         assert results[0].status == "ok"
 
 
+class TwoWorkerPool(InlinePool):
+    """Runs batches here, one per wait, as if on two workers; notes what is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight_at_submit: list[int] = []
+        self.sizes: list[int] = []
+
+    def workers(self) -> int:
+        return 2
+
+    def window(self) -> int:
+        return 4
+
+    def submit(self, batch, keys=(), cache=None):  # noqa: ANN001, ANN201
+        self.in_flight_at_submit.append(len(self._queue))
+        self.sizes.append(len(batch))
+        return super().submit(batch, keys, cache)
+
+
+def test_one_probe_per_worker_until_a_batch_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any task time is measured, batches hold one task each, and only one per worker
+    is sent (each batch costs dask milliseconds); then the window opens to two per worker."""
+    import qdcavity.executors as ex
+
+    tasks = expand(sweep(4, 5, {"kind": "reflectance", "wavelength_nm": [630]}))
+    pool = TwoWorkerPool()
+    monkeypatch.setattr(ex, "open_pool", lambda cfg: _Ctx(pool))
+    monkeypatch.setattr(ex, "MIN_BATCH_S", 0.0)
+    cfg = ExecConfig(kind="address", address="x", target_batch_s=1e-9)  # one task per batch
+    driver = Driver(tasks, task_keys(tasks), None, cfg)
+    results = driver.run()
+    assert [r.status for r in results] == ["ok"] * 20
+    assert pool.sizes[:2] == [1, 1] and pool.in_flight_at_submit[:3] == [0, 1, 1]
+    assert max(pool.in_flight_at_submit[2:]) == 3  # four in flight once a batch is back
+    assert pool.sizes == [1] * 20
+
+
 class _Ctx:
     def __init__(self, pool: InlinePool) -> None:
         self.pool = pool

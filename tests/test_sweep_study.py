@@ -376,16 +376,21 @@ def test_exec_config_from_study_and_overrides() -> None:
 
 def test_batch_sizer() -> None:
     auto = BatchSizer(None, target_s=0.25)
-    assert auto.size(10_000, 2) == 1  # nothing measured yet
+    assert not auto.measured and auto.size(10_000, 2) == 1  # nothing measured yet
     for _ in range(10):
         auto.observe(0.002)
-    assert auto.size(10_000, 2) == 125  # 0.25 s of 2 ms tasks
-    assert auto.size(200, 2) == 50  # keep every worker busy to the end
-    assert auto.size(40, 2) == 25  # but no batch under MIN_BATCH_S (0.05 s) of work
+    assert auto.measured and auto.size(10_000, 2) == 125  # 0.25 s of 2 ms tasks
+    tail = BatchSizer(None, target_s=0.25)
+    for _ in range(10):
+        tail.observe(0.002)
+    # factoring: each round of one batch per worker shares out half of what is left
+    assert [tail.size(left, 2) for left in (200, 150)] == [50, 50]
+    assert [tail.size(left, 2) for left in (100, 75)] == [25, 25]
+    assert tail.size(40, 2) == 25  # but no batch under MIN_BATCH_S (0.05 s) of work
     slow = BatchSizer(None, target_s=0.25)
     slow.observe(5.0)  # a Meep-sized task runs alone
     assert slow.size(10_000, 2) == 1
-    assert BatchSizer(7, 0.25).size(3, 2) == 7
+    assert BatchSizer(7, 0.25).size(3, 2) == 7 and BatchSizer(7, 0.25).measured
 
 
 def test_progress_bar_when_interactive_and_silent_otherwise() -> None:
