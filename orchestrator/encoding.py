@@ -475,10 +475,12 @@ def result_columns(results: Sequence[Encoded | Record]) -> list[np.ndarray]:
 
 def _stacked(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """One column: a view of a lone array (a batch of one large result is not copied), else
-    the arrays stacked in their own byte order (``np.stack`` would make it native)."""
+    the arrays stacked in their own dtype and byte order (the rows of a column share both,
+    and their shape: the structure says so). ``np.array`` of the list, not ``np.stack``:
+    0.12 instead of 0.33 us per row and column."""
     if len(arrays) == 1:
         return arrays[0][np.newaxis]
-    return np.stack(arrays).astype(arrays[0].dtype, copy=False)
+    return np.array(arrays, dtype=arrays[0].dtype)
 
 
 def records_from_columns(structure: bytes, attrs: Sequence[dict[str, Any]],
