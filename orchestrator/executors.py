@@ -11,10 +11,11 @@ The driver (:func:`execute`) is the same for every executor:
 * a task that raises is a ``failed`` result with its message (never retried: the solver would
   say the same again); a batch lost with its worker (``KilledWorker``, a closed connection, a
   cancelled future) is resubmitted up to ``retries`` times, then its tasks fail with the reason;
-* batch size: fixed (``batch_size``) or automatic: one task per batch, one batch per worker,
-  until the first timings arrive, then as many tasks as fit in ``target_batch_s`` of solver
-  time (small TMM tasks are grouped by the hundreds; a Meep task that takes seconds runs
-  alone), shrinking towards the end (:class:`BatchSizer`) so that no worker is left idle.
+* batch size: fixed (``batch_size``) or automatic: one task per batch (one batch per worker
+  until the first one is back) until the first timings arrive, then as many tasks as fit in
+  ``target_batch_s`` of solver time (small TMM tasks are grouped by the hundreds; a Meep task
+  that takes seconds runs alone), shrinking towards the end (:class:`BatchSizer`) so that no
+  worker is left idle.
 
 Workers run :func:`qdcavity.batches.run_batch`, which writes each result to the cache itself
 (when it sees the folder) and hands the arrays back as columns, from which the client rebuilds
@@ -626,9 +627,10 @@ class BatchSizer:
 
     Towards the end of a sweep, batches shrink by *factoring* (Hummel, Schonberg and Flynn,
     Commun. ACM 35(8), 1992): each round of ``workers`` batches shares out half of what is
-    left, ``remaining / (2 x workers)`` each, so that the workers finish together; but no
-    batch holds less than ``MIN_BATCH_S`` of work: a tail of ever smaller batches cost more in
-    dask's bookkeeping than it balanced. Simulated on 10,000 1 ms tasks of +-50 % spread
+    left, ``remaining / (2 x workers)`` each (a new round as soon as the number of workers
+    changes), so that the workers finish together; but no batch is cut below ``MIN_BATCH_S``
+    of work: a tail of ever smaller batches cost more in dask's bookkeeping than it balanced.
+    Simulated on 10,000 1 ms tasks of +-50 % spread
     (docs/sweeps.md), the rounds made 22 batches on 2 workers and 54 on 8 where that share
     recomputed for every batch made 24 and 65, with the last worker done about as soon
     (0.56 % and 2.43 % of the sweep's time after a perfect split, against 0.55 and 2.77)."""
@@ -636,11 +638,12 @@ class BatchSizer:
     def __init__(self, fixed: int | None, target_s: float) -> None:
         self.fixed, self.target_s = fixed, target_s
         self.recent: deque[float] = deque(maxlen=64)
-        self._share, self._left_in_round = 0, 0
+        self._share, self._left_in_round, self._round_workers = 0, 0, 0
 
     @property
     def measured(self) -> bool:
-        """Whether the sizes follow measured task times yet (else one task per batch)."""
+        """Whether batch sizes are known (fixed, or from measured task times); until then
+        each batch holds one task."""
         return bool(self.fixed or self.recent)
 
     def observe(self, seconds: float) -> None:
@@ -653,9 +656,10 @@ class BatchSizer:
             return 1
         typical = max(statistics.median(self.recent), 1e-6)
         wanted = max(1, int(self.target_s / typical))
-        if self._left_in_round <= 0:  # a new round of factoring
-            workers = max(workers, 1)
-            self._share, self._left_in_round = math.ceil(remaining / (2 * workers)), workers
+        workers = max(workers, 1)
+        if self._left_in_round <= 0 or workers != self._round_workers:  # a new round
+            self._share = math.ceil(remaining / (2 * workers))
+            self._left_in_round, self._round_workers = workers, workers
         self._left_in_round -= 1
         floor = max(1, int(MIN_BATCH_S / typical))
         return min(wanted, max(self._share, floor), 5000)

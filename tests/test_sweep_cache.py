@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import multiprocessing as mp
 from pathlib import Path
@@ -118,7 +119,11 @@ def test_memoized_structures_keep_attribute_names_and_order() -> None:
     def ds(attrs: dict) -> xr.Dataset:
         return xr.Dataset({"R": ("x", [1.0, 2.0], attrs)})
 
-    for first, second in (({1: "a"}, {True: "a"}), ({"u": "1", "v": "2"}, {"v": "2", "u": "1"})):
+    class Name(str, enum.Enum):  # noqa: UP042  equal to "units", written as "Name.UNITS"
+        UNITS = "units"
+
+    for first, second in (({1: "a"}, {True: "a"}), ({"u": "1", "v": "2"}, {"v": "2", "u": "1"}),
+                          ({"units": "nm"}, {Name.UNITS: "nm"})):
         encode_dataset(ds(first))
         back = decode_record(encode_dataset(ds(second))).variables[0]["attrs"]
         assert list(back.items()) == [(str(k), v) for k, v in second.items()]

@@ -200,6 +200,10 @@ def test_one_probe_per_worker_until_a_batch_is_back(monkeypatch: pytest.MonkeyPa
     assert pool.sizes[:2] == [1, 1] and pool.in_flight_at_submit[:3] == [0, 1, 1]
     assert max(pool.in_flight_at_submit[2:]) == 3  # four in flight once a batch is back
     assert pool.sizes == [1] * 20
+    fixed = TwoWorkerPool()  # a fixed batch size needs no probes: the whole window at once
+    monkeypatch.setattr(ex, "open_pool", lambda cfg: _Ctx(fixed))
+    Driver(tasks, task_keys(tasks), None, cfg.with_(batch_size=2)).run()
+    assert fixed.in_flight_at_submit[:4] == [0, 1, 2, 3] and fixed.sizes == [2] * 10
 
 
 class _Ctx:

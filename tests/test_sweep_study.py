@@ -374,23 +374,31 @@ def test_exec_config_from_study_and_overrides() -> None:
         ExecConfig(kind="cloud")
 
 
-def test_batch_sizer() -> None:
+def test_batch_sizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qdcavity.executors as ex
+
     auto = BatchSizer(None, target_s=0.25)
     assert not auto.measured and auto.size(10_000, 2) == 1  # nothing measured yet
     for _ in range(10):
         auto.observe(0.002)
     assert auto.measured and auto.size(10_000, 2) == 125  # 0.25 s of 2 ms tasks
+    assert BatchSizer(None, 0.25).measured is False and BatchSizer(7, 0.25).measured
+    floor = BatchSizer(None, target_s=0.25)
+    floor.observe(0.002)
+    assert floor.size(40, 2) == 25  # no batch cut below MIN_BATCH_S (0.05 s) of work
+    monkeypatch.setattr(ex, "MIN_BATCH_S", 0.0)
     tail = BatchSizer(None, target_s=0.25)
-    for _ in range(10):
-        tail.observe(0.002)
+    tail.observe(0.002)
     # factoring: each round of one batch per worker shares out half of what is left
     assert [tail.size(left, 2) for left in (200, 150)] == [50, 50]
     assert [tail.size(left, 2) for left in (100, 75)] == [25, 25]
-    assert tail.size(40, 2) == 25  # but no batch under MIN_BATCH_S (0.05 s) of work
+    assert tail.size(50, 2) == 13
+    # a round starts afresh when the number of workers changes
+    assert tail.size(37, 1) == 19 and tail.size(1000, 8) == 63 and tail.size(937, 1) == 125
     slow = BatchSizer(None, target_s=0.25)
     slow.observe(5.0)  # a Meep-sized task runs alone
     assert slow.size(10_000, 2) == 1
-    assert BatchSizer(7, 0.25).size(3, 2) == 7 and BatchSizer(7, 0.25).measured
+    assert BatchSizer(7, 0.25).size(3, 2) == 7
 
 
 def test_progress_bar_when_interactive_and_silent_otherwise() -> None:
