@@ -630,10 +630,10 @@ class BatchSizer:
     left, ``remaining / (2 x workers)`` each (a new round as soon as the number of workers
     changes), so that the workers finish together; but no batch is cut below ``MIN_BATCH_S``
     of work: a tail of ever smaller batches cost more in dask's bookkeeping than it balanced.
-    Simulated on 10,000 1 ms tasks of +-50 % spread
-    (docs/sweeps.md), the rounds made 22 batches on 2 workers and 54 on 8 where that share
-    recomputed for every batch made 24 and 65, with the last worker done about as soon
-    (0.56 % and 2.43 % of the sweep's time after a perfect split, against 0.55 and 2.77)."""
+    Simulated on 10,000 1 ms tasks of +-50 % spread (docs/sweeps.md), the rounds made 22
+    batches on 2 workers and 54 on 8 where that share recomputed for every batch made 24 and
+    65, with the last worker done about as soon (0.56 % and 2.43 % of the sweep's time after
+    a perfect split, against 0.55 and 2.77)."""
 
     def __init__(self, fixed: int | None, target_s: float) -> None:
         self.fixed, self.target_s = fixed, target_s
