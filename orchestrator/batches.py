@@ -158,7 +158,7 @@ class _BatchRun:
 
     def __init__(self, tasks: Sequence[Task], keys: Sequence[str], store: TaskCache | None,
                  flush_s: float) -> None:
-        self.tasks, self.keys, self.store, self.flush_s = tasks, keys, store, flush_s
+        self.keys, self.store, self.flush_s = keys, store, flush_s
         self.backends = [task.backend for task in tasks]
         self.where = worker_identity()
         self.out: list[dict[str, Any]] = []

@@ -37,13 +37,10 @@ class CachedIdentity(BaseModel):
         if not fields.keys() <= cls.model_fields.keys():
             unknown = sorted(fields.keys() - cls.model_fields.keys())
             raise ValueError(f"not fields of {cls.__name__}: {unknown}")
-        state = self.__dict__.copy()
-        for name in _cached_names(cls):
-            state.pop(name, None)
-        state.update(fields)
         copied = cls.__new__(cls)
         _set = object.__setattr__
-        _set(copied, "__dict__", state)
+        _set(copied, "__dict__", self.__dict__.copy())
+        _without_identities(copied).__dict__.update(fields)
         _set(copied, "__pydantic_fields_set__", self.__pydantic_fields_set__ | fields.keys())
         _set(copied, "__pydantic_extra__", _copied(self.__pydantic_extra__))
         _set(copied, "__pydantic_private__", _copied(self.__pydantic_private__))
