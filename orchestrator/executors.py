@@ -72,9 +72,10 @@ class ExecConfig:
     tasks (timed on the first ones, run in-process) would take less than this in total is
     finished in-process instead of paying for a cluster start-up. 0 always starts the cluster.
 
-    ``target_batch_s``: solver time per automatic batch. Each batch costs dask about 4-5 ms of
-    CPU in the client process and 1.2-1.4 ms on its worker (measured on a 2-core machine with
-    trivial tasks); at 0.5 s per batch, that was 15-25 us per point of a 1 ms TMM sweep.
+    ``target_batch_s``: solver time per automatic batch. Each batch costs about 10 ms of CPU
+    in all (dask's threads in the client process ~5 ms, its worker ~3 ms, the driver ~2 ms;
+    measured on a 2-core machine from fixed batch sizes); at 1 s per batch, that was 23 of a
+    10,000-point 1 ms TMM sweep's ~95 us of overhead per point.
     """
 
     kind: str = "local"
@@ -85,7 +86,7 @@ class ExecConfig:
     jobs: int = 1
     slurm: Mapping[str, Any] = field(default_factory=dict)
     connect_timeout_s: float = 10.0
-    target_batch_s: float = 1.0
+    target_batch_s: float = 2.0
     cache_flush_s: float = 0.25
     min_cluster_work_s: float = 3.0
     base_dir: str = "."
@@ -140,7 +141,7 @@ class Report:
     max_batch_size: int = 0
     max_workers: int = 0
     solver_s: float = 0.0  # wall time inside run_task, summed over tasks
-    solver_cpu_s: float = 0.0  # CPU time of the worker process inside run_task
+    solver_cpu_s: float = 0.0  # CPU time of the worker processes while solving (run_task)
     wall_s: float = 0.0
     startup_s: float = 0.0  # starting the pool (cluster start-up, SLURM job submission)
     dashboard: str | None = None
@@ -618,8 +619,8 @@ def open_pool(cfg: ExecConfig) -> Iterator[InlinePool | DaskPool]:
 
 # ---------------------------------------------------------------- the driver
 
-#: the smallest batch worth a dask task, in solver time: each batch costs dask a few ms of CPU
-MIN_BATCH_S = 0.05
+#: the smallest batch worth a dask task, in solver time: each batch costs about 10 ms of CPU
+MIN_BATCH_S = 0.1
 
 
 class BatchSizer:
@@ -630,10 +631,10 @@ class BatchSizer:
     left, ``remaining / (2 x workers)`` each (a new round as soon as the number of workers
     changes), so that the workers finish together; but no batch is cut below ``MIN_BATCH_S``
     of work: a tail of ever smaller batches cost more in dask's bookkeeping than it balanced.
-    Simulated on 10,000 1 ms tasks of +-50 % spread (docs/sweeps.md), the rounds made 22
-    batches on 2 workers and 54 on 8 where that share recomputed for every batch made 24 and
-    65, with the last worker done about as soon (0.56 % and 2.43 % of the sweep's time after
-    a perfect split, against 0.55 and 2.77)."""
+    Simulated on 10,000 1 ms tasks of +-50 % spread (docs/sweeps.md), 2 s per batch and a
+    0.1 s floor made 17 batches on 2 workers and 46 on 8, with the last worker done 0.54 % and
+    3.55 % of the sweep's time after a perfect split; 1 s and 0.05 s made 22 and 54, done
+    0.56 % and 2.43 % after."""
 
     def __init__(self, fixed: int | None, target_s: float) -> None:
         self.fixed, self.target_s = fixed, target_s
@@ -708,7 +709,6 @@ class Driver:
         """Record one task result from a worker; returns (ok, failed) counts."""
         n = len(self.by_key[key])
         self.report.solver_s += item["seconds"]
-        self.report.solver_cpu_s += item.get("cpu_seconds", 0.0)
         if item["status"] != "ok":
             self._set(key, "failed", error=item["error"], seconds=item["seconds"])
             self.report.n_failed += n
@@ -862,6 +862,7 @@ class Driver:
                     self.progress.update(ok=ok, failed=failed, retried=retried)
                     continue
                 where = value["where"]
+                self.report.solver_cpu_s += value.get("solver_cpu_s", 0.0)
                 self.report.workers_used.add(f"{where.get('host')}:{where.get('pid')}")
                 if where.get("slurm_job_id"):
                     self.report.slurm_job_ids.add(str(where["slurm_job_id"]))

@@ -8,6 +8,7 @@ import gc
 import hashlib
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,38 @@ def test_run_batch_sends_an_unencodable_result_as_it_is(monkeypatch: pytest.Monk
     plain = with_records(run_batch(tasks))["results"]  # no cache: the same outcome
     assert isinstance(plain[1]["dataset"], xr.Dataset) and "record" not in plain[1]
     assert all(plain[j]["record"] for j in (0, 2))
+
+
+def _busy(seconds: float) -> None:
+    """Spend ``seconds`` of this process's CPU time."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+
+
+def test_solver_cpu_time_counts_the_solves_and_not_the_encoding(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The CPU time read around runs of solves holds each solve (10 ms of CPU here) and none
+    of the encoding after them (20 ms each here), nor the cache writes; the driver sums it."""
+    real_run, real_encode = batches.run_task, batches.encode_result
+
+    def slow_run(task: Task) -> TaskResult:
+        _busy(0.01)
+        return real_run(task)
+
+    def slow_encode(ds: xr.Dataset, **kw: object) -> object:
+        _busy(0.02)
+        return real_encode(ds, **kw)
+
+    monkeypatch.setattr(batches, "run_task", slow_run)
+    monkeypatch.setattr(batches, "encode_result", slow_encode)
+    tasks = sweep_tasks(ENCODE_CHUNK + 3, 1)  # two runs of solves
+    n = len(tasks)
+    cache = TaskCache(tmp_path)
+    out = run_batch(tasks, task_keys(tasks), (str(cache.root), cache.token(), 60.0))
+    solves = 0.01 * n + sum(item["seconds"] for item in out["results"])  # busy, then solved
+    assert 0.01 * n <= out["solver_cpu_s"] <= solves + 0.05  # not the 0.02 s of encoding each
+    assert out["solver_cpu_s"] < 0.02 * n
 
 
 def test_sweep_gc_raises_the_threshold_and_restores_it() -> None:

@@ -41,6 +41,7 @@ def test_local_cluster_two_workers_matches_in_process(tmp_path: Path) -> None:
     assert all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in rep.workers_used)
     assert rep.n_computed == 30 and rep.n_failed == 0 and rep.n_batches == 10
     assert rep.n_written_by_workers == 30  # the workers see the cache folder: they write it
+    assert 0 < rep.solver_cpu_s < 3 * rep.solver_s  # the workers' solving CPU, summed
     ref = execute_study(study, executor="inprocess", use_cache=False)[0]
     xr.testing.assert_identical(ds.drop_attrs(), ref.drop_attrs())
     assert json.loads(ds.attrs["run"])["executor"] == "local"

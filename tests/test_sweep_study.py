@@ -385,7 +385,7 @@ def test_batch_sizer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert BatchSizer(None, 0.25).measured is False and BatchSizer(7, 0.25).measured
     floor = BatchSizer(None, target_s=0.25)
     floor.observe(0.002)
-    assert floor.size(40, 2) == 25  # no batch cut below MIN_BATCH_S (0.05 s) of work
+    assert floor.size(40, 2) == 50  # no batch cut below MIN_BATCH_S (0.1 s) of work
     monkeypatch.setattr(ex, "MIN_BATCH_S", 0.0)
     tail = BatchSizer(None, target_s=0.25)
     tail.observe(0.002)
