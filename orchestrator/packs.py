@@ -156,10 +156,11 @@ def _block_bytes(block: Block) -> tuple[str, bytes]:
     for key, name in zip(attrs[0], names, strict=True):
         column = [a[key] for a in attrs]
         first = column[0]
-        if type(first) is str and all(v == first and type(v) is str for v in column) and (
+        all_text = set(map(type, column)) == {str}  # (C-level loops: a block holds hundreds)
+        if all_text and column.count(first) == len(column) and (
                 json.loads(json.dumps(first)) == first):  # a text JSON keeps as it is
             shared[name] = first
-        elif all(type(v) is str for v in column):
+        elif all_text:
             texts.append(name)  # raw: a surrogate pair stays two code points, as in payloads
         else:
             tagged = [_json_value(v) for v in column]

@@ -363,6 +363,33 @@ def test_numpy_combine_of_records() -> None:
     assert _stack_fast([recs[0], other]) is None
 
 
+def test_common_attributes_are_what_xarray_keeps_on_conflicts() -> None:
+    """The combined result's attributes are xarray's ``drop_conflicts`` of the records' ones,
+    whether the records share their attribute names (compared name by name) or not."""
+    from xarray.structure.merge import merge_attrs
+
+    from qdcavity.runner import _common_attrs
+
+    nan = float("nan")
+    cases = [
+        [{"a": "x", "h": "1"}, {"a": "x", "h": "2"}, {"a": "x", "h": "1"}],
+        [{"a": "x", "n": nan, "v": np.array([1, 2])}, {"a": "x", "n": nan, "v": np.array([1, 2])}],
+        [{"v": np.array([1, 2]), "f": 1.0}, {"v": np.array([1, 3]), "f": 1}],
+        [{"a": "x", "i": 1}, {"a": "x", "i": "1"}, {"a": "y", "i": 1}],
+        [{"a": "x"}, {"a": "x", "b": "only here"}, {"b": "only here", "a": "x"}],
+        [{"a": "x", "b": "1"}, {"b": "2"}, {"a": "x", "c": nan}],
+        [{"s": "1", "t": [1, 2]}, {"s": "1", "t": [1, 2]}],
+        [{"k": "v"}],
+    ]
+    for attrs in cases:
+        got = _common_attrs([Record(a, [], []) for a in attrs])
+        want = merge_attrs(attrs, "drop_conflicts")
+        assert list(got) == list(want), (attrs, got, want)
+        for name, value in want.items():
+            assert type(got[name]) is type(value) and (
+                got[name] is value or np.array_equal(got[name], value, equal_nan=True)), name
+
+
 def test_combine_copies_batch_columns_as_the_records_would() -> None:
     """Records that are rows of a batch's columns (two batches, interleaved points, a failed
     point, a record of its own, a batch with too few rows for column copies, a record given
