@@ -621,20 +621,24 @@ def open_pool(cfg: ExecConfig) -> Iterator[InlinePool | DaskPool]:
 
 #: the smallest batch worth a dask task, in solver time: each batch costs about 10 ms of CPU
 MIN_BATCH_S = 0.1
+#: the part of what is left that each round of batches (one per worker) shares out
+ROUND_SHARE = 2 / 3
 
 
 class BatchSizer:
     """Fixed size, or ``target_s`` of measured solver time per batch (median of recent tasks).
 
     Towards the end of a sweep, batches shrink by *factoring* (Hummel, Schonberg and Flynn,
-    Commun. ACM 35(8), 1992): each round of ``workers`` batches shares out half of what is
-    left, ``remaining / (2 x workers)`` each (a new round as soon as the number of workers
-    changes), so that the workers finish together; but no batch is cut below ``MIN_BATCH_S``
-    of work: a tail of ever smaller batches cost more in dask's bookkeeping than it balanced.
-    Simulated on 10,000 1 ms tasks of +-50 % spread (docs/sweeps.md), 2 s per batch and a
-    0.1 s floor made 17 batches on 2 workers and 46 on 8, with the last worker done 0.54 % and
-    3.55 % of the sweep's time after a perfect split; 1 s and 0.05 s made 22 and 54, done
-    0.56 % and 2.43 % after."""
+    Commun. ACM 35(8), 1992): each round of ``workers`` batches shares out ``ROUND_SHARE`` of
+    what is left, ``remaining x ROUND_SHARE / workers`` each (a new round as soon as the number
+    of workers changes), so that the workers finish together; but no batch is cut below
+    ``MIN_BATCH_S`` of work: a tail of ever smaller batches cost more in dask's bookkeeping
+    than it balanced. Simulated on 10,000 1 ms tasks of +-50 % spread, also getting faster or
+    slower along the sweep (docs/sweeps.md; 2 s per batch, a 0.1 s floor), two thirds per
+    round made 13-14 batches on 2 workers and 34-36 on 8, the last worker done 0.40-0.55 % and
+    2.9-4.5 % of the sweep's time after a perfect split; the textbook half made 16-17 and
+    43-49, done 0.41-0.60 % and 2.9-4.4 % after; a quarter per batch with the earlier 1 s
+    and 0.05 s, 22 and 54 (0.56 % and 2.43 % after, without the trends)."""
 
     def __init__(self, fixed: int | None, target_s: float) -> None:
         self.fixed, self.target_s = fixed, target_s
@@ -659,7 +663,7 @@ class BatchSizer:
         wanted = max(1, int(self.target_s / typical))
         workers = max(workers, 1)
         if self._left_in_round <= 0 or workers != self._round_workers:  # a new round
-            self._share = math.ceil(remaining / (2 * workers))
+            self._share = math.ceil(remaining * ROUND_SHARE / workers)
             self._left_in_round, self._round_workers = workers, workers
         self._left_in_round -= 1
         floor = max(1, int(MIN_BATCH_S / typical))

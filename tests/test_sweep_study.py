@@ -389,12 +389,12 @@ def test_batch_sizer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ex, "MIN_BATCH_S", 0.0)
     tail = BatchSizer(None, target_s=0.25)
     tail.observe(0.002)
-    # factoring: each round of one batch per worker shares out half of what is left
-    assert [tail.size(left, 2) for left in (200, 150)] == [50, 50]
-    assert [tail.size(left, 2) for left in (100, 75)] == [25, 25]
-    assert tail.size(50, 2) == 13
+    # factoring: each round of one batch per worker shares out two thirds of what is left
+    assert [tail.size(left, 2) for left in (200, 133)] == [67, 67]
+    assert [tail.size(left, 2) for left in (66, 44)] == [22, 22]
+    assert tail.size(22, 2) == 8
     # a round starts afresh when the number of workers changes
-    assert tail.size(37, 1) == 19 and tail.size(1000, 8) == 63 and tail.size(937, 1) == 125
+    assert tail.size(37, 1) == 25 and tail.size(1000, 8) == 84 and tail.size(916, 1) == 125
     slow = BatchSizer(None, target_s=0.25)
     slow.observe(5.0)  # a Meep-sized task runs alone
     assert slow.size(10_000, 2) == 1
