@@ -13,7 +13,7 @@ The driver (:func:`execute`) is the same for every executor:
   cancelled future) is resubmitted up to ``retries`` times, then its tasks fail with the reason;
 * batch size: fixed (``batch_size``) or automatic: one task per batch (one batch per worker
   until the first one is back) until the first timings arrive, then as many tasks as fit in
-  ``target_batch_s`` of solver time (small TMM tasks are grouped by the hundreds; a Meep task
+  ``target_batch_s`` of solver time (small TMM tasks are grouped by the thousand; a Meep task
   that takes seconds runs alone), shrinking towards the end (:class:`BatchSizer`) so that no
   worker is left idle.
 

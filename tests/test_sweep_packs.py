@@ -72,6 +72,19 @@ def test_pack_reads_back_what_each_payload_decodes_to(tmp_path: Path) -> None:
     assert reader.stats.hits == 5 and reader.stats.corrupt == 0
 
 
+def test_a_text_attribute_that_is_an_array_elsewhere_is_stored(tmp_path: Path) -> None:
+    """An attribute that is text in one result and an array in another (of one block) is
+    stored tagged, per result, and each reads back as its own type."""
+    datasets = [xr.Dataset({"R": ("w", [0.1 * i])}, attrs={"x": np.arange(2) if i == 1 else "a"})
+                for i in range(3)]
+    items = [(key_of(i), encode_dataset(ds), None) for i, ds in enumerate(datasets)]
+    TaskCache(tmp_path).put_many(items)
+    reader = TaskCache(tmp_path)
+    for i, (_, payload, _) in enumerate(items):
+        assert same(reader.get_record(key_of(i)), decode_record(payload))
+    assert reader.stats.hits == 3 and reader.stats.corrupt == 0
+
+
 def test_older_pack_versions_are_misses(tmp_path: Path) -> None:
     folder = tmp_path / "packs"
     folder.mkdir()
