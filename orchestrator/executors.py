@@ -74,8 +74,8 @@ class ExecConfig:
 
     ``target_batch_s``: solver time per automatic batch. Each batch costs about 10 ms of CPU
     in all (dask's threads in the client process ~5 ms, its worker ~3 ms, the driver ~2 ms;
-    measured on a 2-core machine from fixed batch sizes); at 1 s per batch, that was 23 of a
-    10,000-point 1 ms TMM sweep's ~95 us of overhead per point.
+    measured on a 2-core machine from fixed batch sizes); at 1 s per batch (23 batches), that
+    was about 23 us of a 10,000-point 1 ms TMM sweep's ~95 us of overhead per point.
     """
 
     kind: str = "local"
@@ -637,8 +637,8 @@ class BatchSizer:
     slower along the sweep (docs/sweeps.md; 2 s per batch, a 0.1 s floor), two thirds per
     round made 13-14 batches on 2 workers and 34-36 on 8, the last worker done 0.40-0.55 % and
     2.9-4.5 % of the sweep's time after a perfect split; the textbook half made 16-17 and
-    43-49, done 0.41-0.60 % and 2.9-4.4 % after; a quarter per batch with the earlier 1 s
-    and 0.05 s, 22 and 54 (0.56 % and 2.43 % after, without the trends)."""
+    43-49, done 0.41-0.60 % and 2.9-4.4 % after, and with the earlier 1 s and 0.05 s 20-23
+    and 50-58, done 0.53-0.58 % and 2.0-2.5 % after."""
 
     def __init__(self, fixed: int | None, target_s: float) -> None:
         self.fixed, self.target_s = fixed, target_s
